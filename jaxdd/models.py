@@ -1,0 +1,297 @@
+"""Networks for distillation and evaluation, as Flax NNX modules behind a pure adapter.
+
+Every model is used through `Model.init(key) -> (params, state)` and
+`Model.apply(params, state, x, train) -> (logits, state)`, where params and state are plain nested
+dicts of arrays (pytrees): that is what the unroll differentiates, vmaps over a population of
+networks, and checkpoints. `state` holds batch-norm statistics (empty for the other norms).
+
+Convolutions have two implementations with the same numbers: ``"xla"`` (`lax.conv_general_dilated`,
+the right choice on GPU/TPU) and ``"shifted"`` (pad + k·k shifted slices + one matmul), which is far
+faster than XLA:CPU's convolution inside second-order `scan` graphs (jax-ml/jax#12868). ``"auto"``
+picks ``"shifted"`` on CPU and ``"xla"`` elsewhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxdd.errors import JaxddError, require
+
+Params = Any
+State = Any
+
+NORMS = ("instance", "batch", "none")
+MODELS = ("convnet", "convnet_bn", "convnet_nonorm", "resnet18", "mlp")
+
+
+def resolve_conv_impl(conv: str) -> str:
+    """Map ``"auto"`` to the convolution implementation suited to the default backend."""
+    require(conv in ("auto", "xla", "shifted"), f"unknown conv implementation '{conv}': use auto, xla or shifted")
+    if conv == "auto":
+        return "shifted" if jax.default_backend() == "cpu" else "xla"
+    return conv
+
+
+def conv2d(x, kernel, *, stride: int = 1, padding: int = 0, impl: str = "xla"):
+    """2-D convolution, NHWC input, HWIO kernel, symmetric zero padding."""
+    if impl == "xla":
+        return jax.lax.conv_general_dilated(
+            x, kernel, (stride, stride), [(padding, padding)] * 2, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+    kh, kw, cin, cout = kernel.shape
+    if padding:
+        x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    h_out = (x.shape[1] - kh) // stride + 1
+    w_out = (x.shape[2] - kw) // stride + 1
+    patches = [
+        x[:, i : i + stride * (h_out - 1) + 1 : stride, j : j + stride * (w_out - 1) + 1 : stride, :]
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    cols = jnp.concatenate(patches, axis=-1) if len(patches) > 1 else patches[0]
+    return cols @ kernel.reshape(kh * kw * cin, cout)
+
+
+def _uniform(key, shape, bound):
+    return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+
+
+class Conv(nnx.Module):
+    """k×k convolution with bias; ``init="torch"`` draws weights and bias from U(±1/√fan_in)."""
+
+    def __init__(self, cin, cout, *, kernel=3, stride=1, padding=1, bias=True, init="torch", impl="xla", rngs):
+        fan_in = kernel * kernel * cin
+        shape = (kernel, kernel, cin, cout)
+        if init == "torch":
+            w = _uniform(rngs.params(), shape, 1.0 / math.sqrt(fan_in))
+            b = _uniform(rngs.params(), (cout,), 1.0 / math.sqrt(fan_in))
+        else:
+            w = jax.nn.initializers.he_normal()(rngs.params(), shape)
+            b = jnp.zeros((cout,))
+        self.kernel = nnx.Param(w)
+        self.bias = nnx.Param(b) if bias else None
+        self.stride, self.padding, self.impl = stride, padding, impl
+
+    def __call__(self, x):
+        y = conv2d(x, self.kernel[...], stride=self.stride, padding=self.padding, impl=self.impl)
+        return y if self.bias is None else y + self.bias[...]
+
+
+class Dense(nnx.Module):
+    """Linear layer; ``init="torch"`` uses U(±1/√fan_in) for weights and bias."""
+
+    def __init__(self, din, dout, *, init="torch", rngs):
+        if init == "torch":
+            w = _uniform(rngs.params(), (din, dout), 1.0 / math.sqrt(din))
+            b = _uniform(rngs.params(), (dout,), 1.0 / math.sqrt(din))
+        else:
+            w = jax.nn.initializers.lecun_normal()(rngs.params(), (din, dout))
+            b = jnp.zeros((dout,))
+        self.kernel, self.bias = nnx.Param(w), nnx.Param(b)
+
+    def __call__(self, x):
+        return x @ self.kernel[...] + self.bias[...]
+
+
+class InstanceNorm(nnx.Module):
+    """GroupNorm with one group per channel (the ConvNet's 'instancenorm'), affine, eps 1e-5."""
+
+    def __init__(self, channels, eps=1e-5):
+        self.scale = nnx.Param(jnp.ones((channels,)))
+        self.bias = nnx.Param(jnp.zeros((channels,)))
+        self.eps = eps
+
+    def __call__(self, x):
+        mean = x.mean(axis=(1, 2), keepdims=True)
+        var = jnp.square(x - mean).mean(axis=(1, 2), keepdims=True)
+        return (x - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
+
+
+class Norm(nnx.Module):
+    """One of instance / batch / no normalisation, with a common call signature."""
+
+    def __init__(self, kind, channels, *, rngs):
+        self.kind = kind
+        if kind == "instance":
+            self.layer = InstanceNorm(channels)
+        elif kind == "batch":
+            self.layer = nnx.BatchNorm(channels, momentum=0.9, epsilon=1e-5, rngs=rngs)
+        else:
+            self.layer = None
+
+    def __call__(self, x, train):
+        if self.kind == "batch":
+            return self.layer(x, use_running_average=not train)
+        return x if self.layer is None else self.layer(x)
+
+
+class ConvNet(nnx.Module):
+    """The distillation field's ConvNet: depth × [conv3×3 → norm → ReLU → avgpool 2×2] → linear."""
+
+    def __init__(self, image_shape, num_classes, *, width=128, depth=3, norm="instance", init="torch",
+                 impl="xla", rngs):
+        h, w, c = image_shape
+        convs, norms = [], []
+        for _ in range(depth):
+            require(h >= 2 and w >= 2, f"ConvNet depth {depth} is too deep for {image_shape[0]}×{image_shape[1]} "
+                    f"images: use --depth {_max_depth(image_shape)} or fewer")
+            convs.append(Conv(c, width, init=init, impl=impl, rngs=rngs))
+            norms.append(Norm(norm, width, rngs=rngs))
+            c, h, w = width, h // 2, w // 2
+        self.convs, self.norms = nnx.List(convs), nnx.List(norms)
+        self.head = Dense(h * w * c, num_classes, init=init, rngs=rngs)
+
+    def __call__(self, x, train=True):
+        for conv, norm in zip(self.convs, self.norms):
+            x = jax.nn.relu(norm(conv(x), train))
+            n, h, w, c = x.shape
+            x = x[:, : h // 2 * 2, : w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+        return self.head(x.reshape(x.shape[0], -1))
+
+
+def _max_depth(image_shape):
+    return int(math.floor(math.log2(min(image_shape[:2]))))
+
+
+class BasicBlock(nnx.Module):
+    def __init__(self, cin, cout, stride, *, norm, init, impl, rngs):
+        self.conv1 = Conv(cin, cout, stride=stride, bias=False, init=init, impl=impl, rngs=rngs)
+        self.norm1 = Norm(norm, cout, rngs=rngs)
+        self.conv2 = Conv(cout, cout, bias=False, init=init, impl=impl, rngs=rngs)
+        self.norm2 = Norm(norm, cout, rngs=rngs)
+        if stride != 1 or cin != cout:
+            self.short = Conv(cin, cout, kernel=1, stride=stride, padding=0, bias=False, init=init, impl=impl,
+                              rngs=rngs)
+            self.short_norm = Norm(norm, cout, rngs=rngs)
+        else:
+            self.short = None
+
+    def __call__(self, x, train):
+        y = jax.nn.relu(self.norm1(self.conv1(x), train))
+        y = self.norm2(self.conv2(y), train)
+        s = x if self.short is None else self.short_norm(self.short(x), train)
+        return jax.nn.relu(y + s)
+
+
+class ResNet18(nnx.Module):
+    """ResNet-18, CIFAR style (3×3 stem, no max-pool), batch norm by default."""
+
+    def __init__(self, image_shape, num_classes, *, width=64, norm="batch", init="torch", impl="xla", rngs):
+        c = image_shape[-1]
+        self.stem = Conv(c, width, bias=False, init=init, impl=impl, rngs=rngs)
+        self.stem_norm = Norm(norm, width, rngs=rngs)
+        blocks, cin = [], width
+        for i, mult in enumerate((1, 2, 4, 8)):
+            for j in range(2):
+                stride = 2 if (i > 0 and j == 0) else 1
+                blocks.append(BasicBlock(cin, width * mult, stride, norm=norm, init=init, impl=impl, rngs=rngs))
+                cin = width * mult
+        self.blocks = nnx.List(blocks)
+        self.head = Dense(cin, num_classes, init=init, rngs=rngs)
+
+    def __call__(self, x, train=True):
+        x = jax.nn.relu(self.stem_norm(self.stem(x), train))
+        for block in self.blocks:
+            x = block(x, train)
+        return self.head(x.mean(axis=(1, 2)))
+
+
+class MLP(nnx.Module):
+    """Flatten → depth × [linear → ReLU] → linear."""
+
+    def __init__(self, image_shape, num_classes, *, width=128, depth=2, init="torch", rngs):
+        dims = [math.prod(image_shape)] + [width] * depth
+        self.layers = nnx.List([Dense(a, b, init=init, rngs=rngs) for a, b in zip(dims[:-1], dims[1:])])
+        self.head = Dense(dims[-1], num_classes, init=init, rngs=rngs)
+
+    def __call__(self, x, train=True):
+        x = x.reshape(x.shape[0], -1)
+        for layer in self.layers:
+            x = jax.nn.relu(layer(x))
+        return self.head(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A network as two pure functions over plain-dict pytrees.
+
+    init(key) -> (params, state); apply(params, state, x, train=True) -> (logits, state).
+    """
+
+    name: str
+    init: Callable[[jax.Array], tuple[Params, State]]
+    apply: Callable[..., tuple[jax.Array, State]]
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    num_params: int
+    has_batch_stats: bool
+
+
+def make_model(name: str = "convnet", *, image_shape, num_classes, width: int | None = None,
+               depth: int | None = None, norm: str | None = None, init: str = "torch",
+               conv: str = "auto") -> Model:
+    """Build a `Model` by name: convnet (norm instance|batch|none), convnet_bn, convnet_nonorm, resnet18, mlp.
+
+    Defaults: ConvNet width 128 and the deepest depth ≤ 3 the image allows (3 for 32×32: 320,010
+    parameters on CIFAR-10); ResNet-18 width 64; MLP width 128, depth 2.
+    """
+    require(name in MODELS, f"unknown model '{name}': use one of {', '.join(MODELS)}")
+    require(init in ("torch", "flax"), f"unknown init '{init}': use torch or flax")
+    image_shape = tuple(int(s) for s in image_shape)
+    require(len(image_shape) == 3, f"images must be [H, W, C], got shape {image_shape}")
+    impl = resolve_conv_impl(conv)
+    if name == "convnet_bn":
+        name, norm = "convnet", "batch"
+    elif name == "convnet_nonorm":
+        name, norm = "convnet", "none"
+    if name == "convnet":
+        norm = norm or "instance"
+        require(norm in NORMS, f"unknown norm '{norm}': use one of {', '.join(NORMS)}")
+        depth = depth or min(3, _max_depth(image_shape))
+        kwargs = dict(width=width or 128, depth=depth, norm=norm, init=init, impl=impl)
+        cls = ConvNet
+    elif name == "resnet18":
+        norm = norm or "batch"
+        require(norm in NORMS, f"unknown norm '{norm}': use one of {', '.join(NORMS)}")
+        kwargs = dict(width=width or 64, norm=norm, init=init, impl=impl)
+        cls = ResNet18
+    else:
+        kwargs = dict(width=width or 128, depth=depth or 2, init=init)
+        cls = MLP
+
+    def build(key):
+        return cls(image_shape, num_classes, rngs=nnx.Rngs(params=key), **kwargs)
+
+    template = nnx.eval_shape(lambda: build(jax.random.key(0)))
+    graphdef, param_template, rest_template = nnx.split(template, nnx.Param, ...)
+
+    def init_fn(key):
+        _, params, rest = nnx.split(build(key), nnx.Param, ...)
+        return nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+
+    def apply_fn(params, state, x, train=True):
+        p = jax.tree.map(lambda v: v, param_template)
+        r = jax.tree.map(lambda v: v, rest_template)
+        nnx.replace_by_pure_dict(p, params)
+        nnx.replace_by_pure_dict(r, state)
+        module = nnx.merge(graphdef, p, r, copy=True)
+        logits = module(x, train=train)
+        return logits, nnx.to_pure_dict(nnx.state(module, nnx.Not(nnx.Param)))
+
+    num_params = sum(math.prod(v.shape) for v in jax.tree.leaves(nnx.to_pure_dict(param_template)))
+    has_bn = bool(jax.tree.leaves(nnx.to_pure_dict(rest_template)))
+    return Model(name, init_fn, apply_fn, image_shape, num_classes, int(num_params), has_bn)
+
+
+def check_input(model: Model, images) -> None:
+    """Raise a one-line JaxddError if `images` cannot be fed to `model`."""
+    shape = tuple(images.shape[1:])
+    if shape != model.image_shape:
+        raise JaxddError(f"images have shape {shape} but the model was built for {model.image_shape}: "
+                         f"distil and evaluate with the same --dataset")

@@ -1,0 +1,22 @@
+"""Test configuration: 8 fake CPU devices (set before jax is imported) and shared fixtures."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The bundled digits data set, standardized, with a validation split."""
+    from jaxdd import data
+
+    return data.load("digits", val_fraction=0.1)
+
+
+@pytest.fixture
+def key():
+    return jax.random.key(0)
