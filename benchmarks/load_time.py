@@ -1,0 +1,38 @@
+"""Time the first (decode) and the cached load of an image archive.
+
+    python benchmarks/load_time.py [ARCHIVE] [--normalize standardize]
+
+Uses a fresh temporary cache directory, so the first load always decodes.
+"""
+
+import argparse
+import os
+import tempfile
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from jaxdd import data  # noqa: E402
+
+DEFAULT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10-jpeg.tar.xz")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("archive", nargs="?", default=os.path.normpath(DEFAULT))
+    parser.add_argument("--normalize", default="standardize", choices=data.NORMALIZATIONS)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as cache:
+        for label in ("first load (decode + write cache)", "cached load"):
+            t = time.perf_counter()
+            ds = data.load(args.archive, normalize=args.normalize, cache_dir=cache)
+            dt = time.perf_counter() - t
+            print(f"{label}: {dt:.2f} s  [{ds.name}: train {ds.x_train.shape}, test {ds.x_test.shape}, "
+                  f"{ds.num_classes} classes, normalize={args.normalize}]")
+        t = time.perf_counter()
+        data.load_raw(args.archive, cache_dir=cache)
+        print(f"cached load_raw (no normalisation/validation): {time.perf_counter() - t:.2f} s")
+
+
+if __name__ == "__main__":
+    main()
