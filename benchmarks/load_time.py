@@ -29,6 +29,7 @@ def main() -> None:
             dt = time.perf_counter() - t
             print(f"{label}: {dt:.2f} s  [{ds.name}: train {ds.x_train.shape}, test {ds.x_test.shape}, "
                   f"{ds.num_classes} classes, normalize={args.normalize}]")
+            del ds
         t = time.perf_counter()
         data.load_raw(args.archive, cache_dir=cache)
         print(f"cached load_raw (no normalisation/validation): {time.perf_counter() - t:.2f} s")

@@ -427,3 +427,16 @@ def test_zca_with_nan_result_is_caught(monkeypatch):
     with pytest.raises(JaxddError) as e:
         data.load("digits", normalize="zca-mtt")
     assert_one_line_error(e, "NaN")
+
+
+def test_unreadable_image_in_archive_named_only_when_used(tmp_path):
+    root = _write_tree(tmp_path / "src")
+    (root / "train" / "ant" / "9.png").write_bytes(b"garbage")
+    (root / "extra").mkdir()
+    (root / "extra" / "junk.png").write_bytes(b"garbage")  # outside train/ and test/: ignored
+    archive = _tar(root, tmp_path / "set.tar.gz", "w:gz")
+    assert_one_line_error(_load_err(archive, tmp_path), "cannot read image", "train/ant/9.png")
+    (root / "train" / "ant" / "9.png").unlink()
+    archive = _tar(root, tmp_path / "set2.tar.gz", "w:gz")
+    ds = data.load(archive, normalize="none", cache_dir=tmp_path / "cache")
+    assert len(ds.y_train) == 9

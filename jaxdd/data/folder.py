@@ -19,8 +19,10 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import queue
 import re
 import tarfile
+import threading
 import warnings
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -106,24 +108,85 @@ def _list_directory(root: Path) -> tuple[dict, set]:
     return files, dirs
 
 
-def _list_tar(path: Path) -> tuple[dict, set]:
-    files, dirs = {}, set()
+def _decode_or_error(data: bytes, name: str):
+    """Decoded array, or the JaxddError to raise if the image turns out to be used."""
     try:
-        # Streaming mode: one sequential pass, no seeking in the compressed stream.
-        with tarfile.open(path, "r|*") as tf:
-            for member in tf:
-                parts = _split_parts(member.name)
-                if not parts or _skipped(parts):
-                    continue
-                if member.isdir():
+        return _decode_image(data, name)
+    except JaxddError as e:
+        return e
+
+
+def _list_tar(path: Path) -> tuple[dict, set]:
+    """Stream the archive once in a reader thread and decode images in this one as they arrive.
+
+    Decompression (lzma/zlib release the GIL) overlaps with Pillow decoding; images are decoded
+    eagerly, so ``files`` maps to arrays (or to the error an unreadable image raises when used).
+    """
+    files, dirs = {}, set()
+    chunks: queue.Queue = queue.Queue(maxsize=32)
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                chunks.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def reader() -> None:
+        try:
+            # Streaming mode: one sequential pass, no seeking in the compressed stream.
+            with tarfile.open(path, "r|*") as tf:
+                batch = []
+                for member in tf:
+                    parts = _split_parts(member.name)
+                    if not parts or _skipped(parts):
+                        continue
+                    if member.isdir():
+                        batch.append((parts, None))
+                    elif member.isfile() and _is_image(parts):
+                        batch.append((parts, tf.extractfile(member).read()))
+                    if len(batch) >= 256:
+                        if not put(batch):
+                            return
+                        batch = []
+                put(batch)
+        except BaseException as e:  # reported by the consuming thread
+            failure.append(e)
+        finally:
+            put(None)
+
+    thread = threading.Thread(target=reader, name="jaxdd-tar-reader", daemon=True)
+    thread.start()
+    try:
+        while (batch := chunks.get()) is not None:
+            for parts, data in batch:
+                _add_parents(dirs, parts)
+                if data is None:
                     dirs.add(parts)
-                    _add_parents(dirs, parts)
-                elif member.isfile() and _is_image(parts):
-                    files[parts] = tf.extractfile(member).read()
-                    _add_parents(dirs, parts)
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise JaxddError(f"cannot read archive {path}: {_one_line(e)}: check that the file is a complete tar archive") from None
+                else:
+                    files[parts] = _decode_or_error(data, "/".join(parts))
+    finally:
+        stop.set()
+        thread.join()
+    if failure:
+        e = failure[0]
+        if not isinstance(e, (tarfile.TarError, OSError, EOFError, *_compression_errors())):
+            raise e
+        raise JaxddError(
+            f"cannot read archive {path}: {_one_line(e) or type(e).__name__}: check that the file is a complete tar archive"
+        ) from None
     return files, dirs
+
+
+def _compression_errors() -> tuple:
+    import lzma
+    import zlib
+
+    return (zlib.error, lzma.LZMAError)
 
 
 def _list_zip(path: Path) -> tuple[dict, set]:
@@ -232,7 +295,10 @@ def _decode_all(path, files, prefix, splits) -> tuple[dict, int, int, int]:
         for c, parts_list in members.items():
             for parts in parts_list:
                 name = "/".join(parts)
-                arr = _decode_image(files[parts], name)
+                src = files[parts]
+                if isinstance(src, JaxddError):
+                    raise src
+                arr = src if isinstance(src, np.ndarray) else _decode_image(src, name)
                 if first is None:
                     first = (arr, name)
                 elif arr.shape[:2] != first[0].shape[:2]:
