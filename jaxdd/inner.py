@@ -1,0 +1,161 @@
+"""Inner training on the synthetic set: one pure step `step(carry, theta, key) -> carry` built on optax.
+
+The carry (`InnerState`) holds the network's parameters, its batch-norm state, the inner optimizer
+state, the step counter and the per-step gradient norms (AT-BPTT's statistics). `theta` is the
+learnable part of the synthetic set, a dict with any of ``images``, ``labels`` (learned soft labels)
+and ``lr`` (a learnable inner learning rate); what is not learned comes in `consts`, bound when the
+step is built inside a traced function (so it is an argument of the jitted step, never a constant).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxdd.errors import require
+from jaxdd.models import Model
+
+INNER_OPTIMIZERS = ("adam", "sgd", "momentum")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class InnerState:
+    """Carry of the inner training loop."""
+
+    params: Any
+    model_state: Any
+    opt_state: Any
+    t: jax.Array  # int32 scalar: index of the next inner step
+    grad_norms: jax.Array  # [T] global L2 norm of the inner gradient at each step (0 where not run)
+
+
+@dataclasses.dataclass(frozen=True)
+class InnerConfig:
+    """Static settings of the inner training loop."""
+
+    optimizer: str = "adam"
+    lr: float = 1e-3  # used unless theta carries a learnable "lr"
+    momentum: float = 0.9
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    eps_root: float = 1e-8  # > 0, or the meta-gradient through Adam is NaN at exactly-zero gradients
+    weight_decay: float = 0.0
+    ipc: int = 1
+    num_classes: int = 10
+    per_class: int | None = None  # images of each class per inner batch (None: all ipc)
+    classes_per_step: int | None = None  # classes per inner batch (None: all)
+    augment: str = "none"
+    total_steps: int = 1  # length of the grad_norms table
+
+    def __post_init__(self):
+        require(self.optimizer in INNER_OPTIMIZERS,
+                f"unknown inner optimizer '{self.optimizer}': use one of {', '.join(INNER_OPTIMIZERS)}")
+        require(self.per_class is None or 1 <= self.per_class <= self.ipc,
+                f"inner per_class {self.per_class} must be between 1 and ipc {self.ipc}")
+        require(self.classes_per_step is None or 1 <= self.classes_per_step <= self.num_classes,
+                f"inner classes_per_step {self.classes_per_step} must be between 1 and {self.num_classes}")
+
+
+def direction(cfg: InnerConfig) -> optax.GradientTransformation:
+    """The inner optimizer without its learning rate: updates are ``-lr * direction``."""
+    parts = []
+    if cfg.weight_decay:
+        parts.append(optax.add_decayed_weights(cfg.weight_decay))
+    if cfg.optimizer == "adam":
+        parts.append(optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, eps_root=cfg.eps_root))
+    elif cfg.optimizer == "momentum":
+        parts.append(optax.trace(decay=cfg.momentum))
+    return optax.chain(*parts) if parts else optax.identity()
+
+
+def cross_entropy(logits, labels):
+    """Mean cross-entropy; `labels` are int class ids [B] or soft targets [B, C] (−Σ y log softmax)."""
+    if labels.ndim == logits.ndim - 1:
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    return -(labels * jax.nn.log_softmax(logits)).sum(-1).mean()
+
+
+def accuracy(logits, labels):
+    """Fraction of argmax predictions equal to the (hard or argmax of soft) labels."""
+    if labels.ndim == logits.ndim:
+        labels = labels.argmax(-1)
+    return (logits.argmax(-1) == labels).mean()
+
+
+GradMap = Callable[..., tuple[Any, tuple[jax.Array, Any]]]
+
+
+def default_grad_map(model: Model) -> GradMap:
+    """∇_θ ℓ: (params, model_state, x, y) -> (grads, (loss, new_model_state))."""
+
+    def loss_fn(params, model_state, x, y):
+        logits, new_state = model.apply(params, model_state, x, True)
+        loss = cross_entropy(logits, y)
+        return loss, (loss, new_state)
+
+    return jax.grad(loss_fn, has_aux=True)
+
+
+def sample_inner_batch(key, cfg: InnerConfig):
+    """Row indices of one inner batch in a class-major synthetic set (row = class·ipc + j)."""
+    per_class = cfg.per_class or cfg.ipc
+    n_cls = cfg.classes_per_step or cfg.num_classes
+    k_cls, k_img = jax.random.split(key)
+    if n_cls == cfg.num_classes:
+        classes = jnp.arange(cfg.num_classes)
+    else:
+        classes = jax.random.permutation(k_cls, cfg.num_classes)[:n_cls]
+    if per_class == cfg.ipc:
+        within = jnp.broadcast_to(jnp.arange(cfg.ipc), (n_cls, cfg.ipc))
+    else:
+        keys = jax.random.split(k_img, n_cls)
+        within = jax.vmap(lambda k: jax.random.permutation(k, cfg.ipc)[:per_class])(keys)
+    return (classes[:, None] * cfg.ipc + within).reshape(-1)
+
+
+def default_assemble(theta, consts):
+    """Synthetic (images, labels, lr-or-None) from the learnable and constant parts."""
+    merged = {**consts, **theta}
+    return merged["images"], merged["labels"], merged.get("lr")
+
+
+def init_carry(params, model_state, cfg: InnerConfig) -> InnerState:
+    """Fresh inner state: optimizer state from `direction(cfg)`, step 0, zeroed statistics."""
+    return InnerState(params, model_state, direction(cfg).init(params), jnp.zeros((), jnp.int32),
+                      jnp.zeros((cfg.total_steps,), jnp.float32))
+
+
+def make_step(model: Model, cfg: InnerConfig, consts, *, grad_map: GradMap | None = None,
+              assemble=default_assemble):
+    """Build one inner step `step(carry, theta, key) -> carry` over the synthetic set.
+
+    Each step draws an inner batch (`sample_inner_batch`), augments it (cfg.augment), computes the
+    inner gradient with `grad_map` (replaceable, e.g. by AT-BPTT's low-rank custom_vjp) and applies
+    ``-lr * direction``. The gradient norm is written to ``carry.grad_norms[carry.t]``.
+    """
+    from jaxdd.augment import get_augment
+
+    grad_map = grad_map or default_grad_map(model)
+    aug = get_augment(cfg.augment)
+    opt = direction(cfg)
+
+    def step(carry: InnerState, theta, key) -> InnerState:
+        images, labels, lr = assemble(theta, consts)
+        lr = cfg.lr if lr is None else lr
+        k_batch, k_aug = jax.random.split(key)
+        idx = sample_inner_batch(k_batch, cfg)
+        x = aug(images[idx], k_aug)
+        grads, (_, new_state) = grad_map(carry.params, carry.model_state, x, labels[idx])
+        gnorm = jax.lax.stop_gradient(optax.tree.norm(grads)).astype(carry.grad_norms.dtype)
+        updates, opt_state = opt.update(grads, carry.opt_state, carry.params)
+        params = jax.tree.map(lambda p, u: p - lr * u, carry.params, updates)
+        norms = carry.grad_norms.at[jnp.minimum(carry.t, cfg.total_steps - 1)].set(gnorm)
+        return InnerState(params, new_state, opt_state, carry.t + 1, norms)
+
+    return step
