@@ -52,13 +52,14 @@ def _per_image_normalize(flat, eps: float = 1e-12):
     return flat / xp.maximum(norm, eps)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Zca:
     """A fitted ZCA whitening. ``transform`` maps [N, H, W, C] images to whitened images of the same shape.
 
     Fields: ``variant`` ("zca" or "zca-mtt"), ``regularization``, ``mean`` (per-pixel mean, [D]; zeros
     for "zca" whose centring is per image), ``whitening`` ``W`` and ``unwhitening`` ``W⁻¹`` ([D, D],
-    symmetric), ``eigenvalues`` of the fitted covariance (descending, [D]).
+    symmetric), ``eigenvalues`` of the fitted covariance (descending, [D]). Compared and hashed by
+    identity (eq=False), since its fields are arrays.
     """
 
     variant: str
@@ -143,7 +144,7 @@ def fit_zca(x, variant: str = "zca", regularization: float | None = None) -> Zca
     )
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Preprocessing:
     """The preprocessing a Dataset's pixels went through, fitted on its training split.
 
