@@ -1,0 +1,59 @@
+"""Pictures of distilled sets: an image grid (one row per class) and learning curves."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def image_grid(images, labels, class_names, path, *, preprocessing=None, max_per_class: int = 10,
+               title: str | None = None) -> None:
+    """Save a PNG grid of `images` (class-major), one row per class, un-whitened with `preprocessing`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    images = np.asarray(images, np.float32)
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        labels = labels.argmax(-1)
+    pixels = preprocessing.inverse(images) if preprocessing is not None else images
+    pixels = np.clip(np.asarray(pixels, np.float32), 0.0, 1.0)
+    n_cls = len(class_names)
+    cols = max(1, min(max_per_class, max(int((labels == c).sum()) for c in range(n_cls))))
+    fig, axes = plt.subplots(n_cls, cols, figsize=(cols * 1.0 + 1.2, n_cls * 1.0 + 0.4), squeeze=False)
+    for c in range(n_cls):
+        rows = np.flatnonzero(labels == c)[:cols]
+        for j in range(cols):
+            ax = axes[c, j]
+            ax.set_xticks([]), ax.set_yticks([])
+            for side in ax.spines.values():
+                side.set_visible(False)
+            if j < len(rows):
+                img = pixels[rows[j]]
+                ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None,
+                          vmin=0, vmax=1, interpolation="nearest")
+            if j == 0:
+                ax.set_ylabel(str(class_names[c]), rotation=0, ha="right", va="center", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def learning_curve(metrics: list[dict], path, *, keys=("loss", "accuracy")) -> None:
+    """Save a PNG of the given metrics against the outer step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
+    steps = [m["step"] for m in metrics]
+    for ax, k in zip(axes[0], keys):
+        ax.plot(steps, [m.get(k, np.nan) for m in metrics])
+        ax.set_xlabel("meta-step"), ax.set_title(k)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
