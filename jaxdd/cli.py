@@ -1,0 +1,253 @@
+"""The ``jaxdd`` command line (``jaxdd ...`` or ``python -m jaxdd ...``).
+
+One argparse subparser per subcommand, each handled by one ``cmd_<name>(args) -> int`` function.
+User mistakes (JaxddError, a missing or unreadable file) print ``jaxdd: error: <message>`` on one
+line of stderr and exit with status 2; Ctrl-C exits with 130. Anything else is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from jaxdd.errors import JaxddError
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+EVALUATE_EPILOG = """\
+examples:
+  jaxdd evaluate runs/digits-ipc10/distilled.npz --dataset digits
+  jaxdd evaluate --random-real --ipc 10 --dataset digits --protocol quick --json
+  jaxdd evaluate --full-data --dataset digits --protocol quick
+  jaxdd evaluate --random-real --ipc 1 --steps 20 --models 2 --json
+  jaxdd evaluate --random-real --ipc 10 --dataset /data/cifar10-jpeg.tar.xz --width 32 --steps 500
+
+protocols (ALGORITHMS.md §7.4; options given on the command line override their fields):
+  ratbptt  Adam 1e-3, flip/rotate augmentation, batch = whole set if <= 256 else 256, 1000 steps, 8 models
+  mtt      SGD momentum 0.9, wd 5e-4, lr = the learned lr stored in the npz (else 0.01, or --lr),
+           lr x 0.1 at half the steps, batch 256, DSA augmentation, 1000 epochs, 5 models
+  quick    CPU preset: Adam 1e-3, no augmentation, batch 256, 300 steps, 4 models
+
+Accuracy is measured on the test split (--split val: a 10% validation split carved from train,
+for tuning). The printed accuracies are percent; --json reports fractions in [0, 1].
+"""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """--dataset, --normalize, --cache-dir (shared by subcommands that load a data set)."""
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset", default="digits", metavar="SOURCE",
+                       help="data set: 'digits' (bundled with scikit-learn, the default), 'tfds:NAME', or a path "
+                            "to a folder or archive (.tar, .tar.gz, .tar.xz, .zip) holding train/<class>/<image> "
+                            "and test/<class>/<image>")
+    group.add_argument("--normalize", default="standardize", metavar="KIND",
+                       help="pixel preprocessing: standardize (default), none, zca (KIP/RaT-BPTT) or zca-mtt; "
+                            "use the one the distilled set was made with")
+    group.add_argument("--cache-dir", default=None, metavar="DIR",
+                       help="where decoded archives / downloads are cached (default: the loader's choice)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jaxdd",
+        description="Dataset distillation in pure-functional JAX.",
+        epilog="run 'jaxdd COMMAND --help' for the options of one command",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    add_evaluate_parser(subparsers)
+    return parser
+
+
+def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="train fresh networks on a distilled set (or a baseline) and report test accuracy",
+        description="Train K fresh networks (vmapped over seeds) on a distilled set, on random real images "
+                    "(--random-real --ipc N) or on the full training data (--full-data), and report their "
+                    "test accuracy as mean ± std over the K networks.",
+        epilog=EVALUATE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    what = p.add_argument_group("what to evaluate (one of)")
+    what.add_argument("path", nargs="?", metavar="DISTILLED.npz",
+                      help="a distilled set written by 'jaxdd distill': arrays 'images' [N,H,W,C], 'labels' "
+                           "(int [N] or float [N,C]), optionally 'lr' and 'settings' (JSON)")
+    what.add_argument("--random-real", action="store_true",
+                      help="baseline: --ipc random training images per class (seeded by --seed)")
+    what.add_argument("--full-data", action="store_true", help="baseline: the whole training split")
+    what.add_argument("--ipc", type=_positive_int, metavar="N", help="images per class for --random-real")
+    add_data_arguments(p)
+    proto = p.add_argument_group("protocol (defaults come from --protocol)")
+    proto.add_argument("--protocol", default=None, metavar="NAME",
+                       help="ratbptt (default), mtt or quick (a small CPU preset); see below")
+    proto.add_argument("--model", default=None, metavar="NAME",
+                       help="network: convnet (default), convnet_bn, convnet_nonorm, resnet18, mlp")
+    proto.add_argument("--width", type=_positive_int, default=None, metavar="N",
+                       help="network width (ConvNet default: 128 for images >= 16 px, 32 for smaller ones)")
+    proto.add_argument("--depth", type=_positive_int, default=None, metavar="N",
+                       help="network depth (ConvNet default: 3, fewer for tiny images)")
+    proto.add_argument("--norm", default=None, metavar="KIND", help="ConvNet norm: instance (default), batch, none")
+    proto.add_argument("--steps", type=_nonnegative_int, default=None, metavar="N",
+                       help="training steps per network (overrides the protocol's budget)")
+    proto.add_argument("--models", type=_positive_int, default=None, metavar="K",
+                       help="number of networks trained (in parallel, vmapped) from different seeds")
+    proto.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
+                       help="minibatch size (sets with at most this many images train full-batch)")
+    proto.add_argument("--lr", type=_positive_float, default=None, metavar="LR",
+                       help="learning rate (overrides the protocol's and the npz's learned lr)")
+    proto.add_argument("--augment", default=None, metavar="STRATEGY",
+                       help="augmentation: none, flip_rotate, dsa, standard, or op names joined by '_'")
+    proto.add_argument("--split", default="test", choices=("test", "val"),
+                       help="where accuracy is measured: test (default) or val (10%% of train, for tuning)")
+    proto.add_argument("--seed", type=int, default=0, help="seed for the networks, their batches and --random-real")
+    out = p.add_argument_group("output")
+    out.add_argument("--json", action="store_true",
+                     help="print one JSON object (accuracies as fractions) as the last line of stdout")
+    out.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(func=cmd_evaluate)
+    return p
+
+
+def load_distilled(path: str) -> dict:
+    """Read a distilled.npz: {'images', 'labels', 'lr' (float or None), 'settings' (dict or None)}."""
+    import os
+    import zipfile
+
+    import numpy as np
+
+    if not os.path.exists(path):
+        raise JaxddError(f"no such file: {path}: give the distilled.npz written by 'jaxdd distill'")
+    if os.path.isdir(path):
+        candidate = os.path.join(path, "distilled.npz")
+        if not os.path.exists(candidate):
+            raise JaxddError(f"{path} is a folder without distilled.npz: give the path of the .npz file")
+        path = candidate
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise JaxddError(f"cannot read {path} as an .npz file ({type(err).__name__}): give the distilled.npz "
+                         f"written by 'jaxdd distill'") from None
+    missing = [k for k in ("images", "labels") if k not in arrays]
+    if missing:
+        raise JaxddError(f"{path} has no {' and no '.join(repr(m) for m in missing)} array (it has: "
+                         f"{', '.join(sorted(arrays)) or 'nothing'}): save images [N,H,W,C] and labels [N] or [N,C]")
+    lr = None
+    if "lr" in arrays:
+        lr_arr = np.asarray(arrays["lr"], dtype=np.float64)
+        if lr_arr.size != 1 or not np.isfinite(lr_arr).all() or float(lr_arr.reshape(())) <= 0:
+            raise JaxddError(f"{path}: 'lr' must be one positive number, got {lr_arr.ravel()[:3].tolist()}")
+        lr = float(lr_arr.reshape(()))
+    settings = None
+    if "settings" in arrays:
+        try:
+            settings = json.loads(str(arrays["settings"]))
+        except json.JSONDecodeError:
+            raise JaxddError(f"{path}: 'settings' is not valid JSON: save json.dumps(settings) as a string") from None
+    return {"images": arrays["images"], "labels": arrays["labels"], "lr": lr, "settings": settings, "path": path}
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    chosen = [name for name, on in (("a distilled set path", args.path is not None),
+                                     ("--random-real", args.random_real), ("--full-data", args.full_data)) if on]
+    if len(chosen) != 1:
+        raise JaxddError("give exactly one of: a distilled.npz path, --random-real --ipc N, or --full-data"
+                         + (f" (got {' and '.join(chosen)})" if chosen else ""))
+    if args.random_real and args.ipc is None:
+        raise JaxddError("--random-real needs --ipc N (images per class)")
+    if args.ipc is not None and not args.random_real:
+        raise JaxddError("--ipc only applies to --random-real (a distilled set has its own IPC)")
+
+    from jaxdd import data, evaluate as ev
+
+    protocol = ev.get_protocol(args.protocol or "ratbptt")
+    distilled = load_distilled(args.path) if args.path is not None else None
+    dataset = data.load(args.dataset, normalize=args.normalize, val_fraction=0.1 if args.split == "val" else 0.0,
+                        seed=0, cache_dir=args.cache_dir)
+
+    lr = args.lr
+    if distilled is not None:
+        images, labels, what = distilled["images"], distilled["labels"], distilled["path"]
+        if lr is None and protocol.use_learned_lr and distilled["lr"] is not None:
+            lr = distilled["lr"]
+    elif args.random_real:
+        images, labels = ev.random_real(dataset, args.ipc, seed=args.seed)
+        what = f"random real, IPC {args.ipc}"
+    else:
+        images, labels = ev.full_data(dataset)
+        what = "full training data"
+
+    result = ev.evaluate(images, labels, dataset, protocol=protocol, model=args.model, width=args.width,
+                         depth=args.depth, norm=args.norm, steps=args.steps, num_models=args.models,
+                         batch_size=args.batch_size, lr=lr, augment=args.augment, seed=args.seed,
+                         split=args.split, progress=not args.no_progress)
+    result = {**result, "evaluated": what, "dataset": args.dataset, "normalize": args.normalize}
+    if distilled is not None and distilled["settings"] is not None:
+        result["settings"] = distilled["settings"]
+
+    accs = " ".join(f"{100 * a:.2f}" for a in result["accuracies"])
+    print(f"{what} ({result['num_images']} images) on {args.dataset}, {result['protocol']} protocol, "
+          f"{result['model']}" + (f" w{result['width']}" if result["width"] else "")
+          + f", {result['steps']} steps, lr {result['lr']:g}, augment {result['augment']}")
+    print(f"{args.split} accuracy: {100 * result['accuracy_mean']:.2f} ± {100 * result['accuracy_std']:.2f} % "
+          f"over {result['num_models']} networks [{accs}] in {result['seconds']:.1f} s")
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``jaxdd`` console script; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help (0) or an argparse usage error (2, message already printed)
+        return int(exit_.code or 0) if not isinstance(exit_.code, str) else EXIT_USAGE
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("jaxdd: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (JaxddError, FileNotFoundError, IsADirectoryError, PermissionError) as err:
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"jaxdd: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""The `jaxdd` command line: evaluate subcommand, JSON output, one-line errors, --help, python -m jaxdd."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jaxdd import evaluate as ev
+from jaxdd.cli import main
+
+TINY = ["--steps", "20", "--models", "2", "--width", "16", "--no-progress"]
+REQUIRED = {"accuracy_mean", "accuracy_std", "num_models"}
+
+
+def _last_json(out: str) -> dict:
+    lines = out.strip().splitlines()
+    assert lines, "no output"
+    return json.loads(lines[-1])
+
+
+def test_random_real_json(capsys):
+    code = main(["evaluate", "--random-real", "--ipc", "1", "--dataset", "digits", "--json", *TINY])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    result = _last_json(out)
+    assert REQUIRED <= set(result)
+    assert result["num_models"] == 2 and result["steps"] == 20 and result["num_images"] == 10
+    assert 0.0 <= result["accuracy_mean"] <= 1.0 and len(result["accuracies"]) == 2
+    assert result["protocol"] == "ratbptt"
+    np.testing.assert_allclose(result["accuracy_std"], np.std(result["accuracies"]))
+
+
+def test_evaluate_npz(tmp_path, capsys, digits):
+    images, labels = ev.random_real(digits, 1, seed=5)
+    soft = np.eye(10, dtype=np.float32)[labels] * 0.9 + 0.01
+    path = tmp_path / "distilled.npz"
+    np.savez(path, images=images, labels=soft, lr=np.float32(0.02),
+             settings=json.dumps({"method": "test", "ipc": 1}))
+    code = main(["evaluate", str(path), "--json", "--protocol", "mtt", *TINY])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    result = _last_json(out)
+    assert REQUIRED <= set(result)
+    assert result["protocol"] == "mtt" and result["optimizer"] == "sgd"
+    assert result["lr"] == pytest.approx(0.02)  # the learned lr stored with the set
+    assert result["settings"] == {"method": "test", "ipc": 1}
+    # a folder holding distilled.npz works too, and --lr overrides the stored lr
+    code = main(["evaluate", str(tmp_path), "--json", "--protocol", "mtt", "--lr", "0.05", *TINY])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert _last_json(out)["lr"] == pytest.approx(0.05)
+
+
+def _error_line(capsys, argv):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("jaxdd: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_missing_file(tmp_path, capsys):
+    line = _error_line(capsys, ["evaluate", str(tmp_path / "nope.npz")])
+    assert "no such file" in line and "nope.npz" in line
+
+
+def test_npz_missing_keys_and_bad_file(tmp_path, capsys):
+    path = tmp_path / "bad.npz"
+    np.savez(path, images=np.zeros((2, 8, 8, 1), np.float32))
+    line = _error_line(capsys, ["evaluate", str(path)])
+    assert "no 'labels' array" in line
+    junk = tmp_path / "junk.npz"
+    junk.write_text("not a zip")
+    assert "cannot read" in _error_line(capsys, ["evaluate", str(junk)])
+
+
+def test_bad_combinations(capsys, tmp_path):
+    assert "exactly one of" in _error_line(capsys, ["evaluate"])
+    assert "--random-real needs --ipc" in _error_line(capsys, ["evaluate", "--random-real"])
+    assert "exactly one of" in _error_line(capsys, ["evaluate", "--random-real", "--ipc", "1", "--full-data"])
+    assert "larger than the smallest class" in _error_line(capsys, ["evaluate", "--random-real", "--ipc", "100000"])
+    assert "unknown protocol" in _error_line(capsys, ["evaluate", "--full-data", "--protocol", "nope"])
+    assert "unknown model" in _error_line(capsys, ["evaluate", "--full-data", "--model", "vgg", *TINY])
+    path = tmp_path / "wrong.npz"
+    np.savez(path, images=np.zeros((2, 4, 4, 3), np.float32), labels=np.array([0, 1]))
+    assert "same --dataset" in _error_line(capsys, ["evaluate", str(path), *TINY])
+
+
+def test_argparse_errors_exit_2(capsys):
+    assert main(["evaluate", "--random-real", "--ipc", "zero"]) == 2
+    assert main(["frobnicate"]) == 2
+    capsys.readouterr()
+
+
+def test_help(capsys):
+    assert main(["--help"]) == 0
+    assert "evaluate" in capsys.readouterr().out
+    assert main(["evaluate", "--help"]) == 0
+    out = capsys.readouterr().out
+    for option in ("--dataset", "--protocol", "--model", "--width", "--depth", "--steps", "--models", "--seed",
+                   "--normalize", "--json", "--random-real", "--full-data", "--ipc", "examples:"):
+        assert option in out, option
+
+
+def test_python_m_jaxdd():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxdd", "evaluate", "--random-real", "--ipc", "1", "--steps", "20", "--models", "2",
+         "--json"],
+        capture_output=True, text=True, timeout=300, cwd=root, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert REQUIRED <= set(_last_json(proc.stdout))
