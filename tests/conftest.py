@@ -20,3 +20,9 @@ def digits():
 @pytest.fixture
 def key():
     return jax.random.key(0)
+
+
+# Tests compile many identical jitted steps (every distill() call builds its own closure): a persistent
+# compilation cache makes repeats cheap within one run.
+jax.config.update("jax_compilation_cache_dir", os.environ.get("JAXDD_TEST_JAX_CACHE", "/tmp/jaxdd-test-jax-cache"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

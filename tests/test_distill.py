@@ -1,0 +1,116 @@
+"""The distillation driver: determinism, exact resume, NaN skipping, and learning something real."""
+
+import json
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdd import distill as distill_lib
+from jaxdd.errors import JaxddError
+from jaxdd.methods import bptt
+from jaxdd.models import make_model
+from jaxdd.outer import clip_by_ema_norm
+
+# A deliberately tiny setting: the point is exactness, not accuracy.
+TINY = dict(width=4, depth=1, unroll_steps=6, window=3, real_batch=64, eval_steps=20, eval_models=2,
+            checkpoint_every=3, augment="flip_rotate", real_augment="flip_rotate")
+
+
+def _run(digits, tmp, steps, **kw):
+    return distill_lib.distill(digits, "rat-bptt", ipc=2, steps=steps, out=tmp, progress=False, final_eval=False,
+                               seed=3, **{**TINY, **kw})
+
+
+def test_same_seed_gives_identical_outputs(digits, tmp_path):
+    a = _run(digits, tmp_path / "a", 4)
+    b = _run(digits, tmp_path / "b", 4)
+    np.testing.assert_array_equal(a.images, b.images)
+    chex.assert_shape(a.images, (20, 8, 8, 1))
+    chex.assert_shape(a.labels, (20,))
+    np.testing.assert_array_equal(a.labels, np.repeat(np.arange(10), 2))  # class-major
+    c = distill_lib.distill(digits, "rat-bptt", ipc=2, steps=4, progress=False, final_eval=False, seed=4, **TINY)
+    assert not np.allclose(a.images, c.images)
+
+
+def test_resume_continues_exactly(digits, tmp_path):
+    full = _run(digits, tmp_path / "full", 6)
+    _run(digits, tmp_path / "part", 3)  # stops after 3 steps, checkpoint at 3
+    with pytest.raises(JaxddError, match="--resume"):
+        _run(digits, tmp_path / "part", 6)
+    resumed = distill_lib.distill(digits, "rat-bptt", ipc=2, steps=6, out=tmp_path / "part", resume=True,
+                                  progress=False, final_eval=False, seed=3, **TINY)
+    np.testing.assert_array_equal(resumed.images, full.images)
+    rows = [json.loads(line) for line in open(tmp_path / "part" / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    full_rows = [json.loads(line) for line in open(tmp_path / "full" / "metrics.jsonl")]
+    assert [r["loss"] for r in rows] == [r["loss"] for r in full_rows]
+    with np.load(tmp_path / "part" / "distilled.npz") as f:
+        np.testing.assert_array_equal(f["images"], full.images)
+        assert json.loads(str(f["settings"]))["method"] == "rat-bptt"
+    assert os.path.getsize(tmp_path / "part" / "grid.png") > 1000
+
+
+def test_resume_with_different_settings_is_refused(digits, tmp_path):
+    _run(digits, tmp_path / "r", 3)
+    with pytest.raises(JaxddError, match="different"):
+        distill_lib.distill(digits, "rat-bptt", ipc=2, steps=6, out=tmp_path / "r", resume=True, progress=False,
+                            final_eval=False, seed=3, **{**TINY, "window": 2})
+
+
+def test_nan_meta_gradient_is_skipped_and_counted(digits):
+    s = distill_lib.resolve_settings("rat-bptt", "digits", 1, None, None, dict(TINY))
+    model = make_model("convnet", image_shape=(8, 8, 1), num_classes=10, width=4, depth=1)
+    meth = bptt.make(model, s, "rat-bptt", ipc=1, num_classes=10)
+    images, labels = distill_lib.initial_set(digits, 1, "noise", jax.random.key(0))
+    state = meth.init(jax.random.key(1), images, labels)
+    x = jnp.asarray(digits.x_train[:64])
+    y = jnp.asarray(digits.y_train[:64])
+    step = jax.jit(meth.step)
+    good, m = step(state, (x, y), jax.random.key(2))
+    assert m["skipped"] == 0 and not np.allclose(good.theta["images"], state.theta["images"])
+    bad, m = step(good, (x.at[0, 0, 0, 0].set(jnp.nan), y), jax.random.key(3))  # poisons the meta-gradient
+    assert m["skipped"] == 1 and m["skipped_total"] == 1
+    assert not np.isfinite(float(m["grad_norm"]))
+    np.testing.assert_array_equal(bad.theta["images"], good.theta["images"])  # update skipped
+    after, m = step(bad, (x, y), jax.random.key(4))
+    assert m["skipped"] == 0 and m["skipped_total"] == 1
+    assert np.isfinite(np.asarray(after.theta["images"])).all()
+
+
+def test_ema_clipping_follows_the_rule():
+    clip = clip_by_ema_norm(2.0, 0.1)
+    st = clip.init(None)
+    g1 = {"a": jnp.array([3.0, 4.0])}  # norm 5: first shadow = 5, no clipping
+    u, st = clip.update(g1, st)
+    np.testing.assert_allclose(u["a"], g1["a"])
+    g2 = {"a": jnp.array([30.0, 40.0])}  # norm 50: shadow = 5 - 0.1 (5 - 50) = 9.5 -> clip at 19
+    u, st = clip.update(g2, st)
+    np.testing.assert_allclose(float(st.shadow), 9.5, rtol=1e-6)
+    np.testing.assert_allclose(float(jnp.linalg.norm(u["a"])), 19.0, rtol=1e-6)
+
+
+def test_learned_labels_stay_non_negative(digits):
+    r = distill_lib.distill(digits, "rat-bptt", ipc=1, steps=3, progress=False, final_eval=False,
+                            learn_labels=True, label_lr=0.5, **TINY)
+    chex.assert_shape(r.labels, (10, 10))
+    assert (r.labels >= 0).all() and not np.allclose(r.labels, np.eye(10))
+
+
+def test_bad_inputs_give_one_line_errors(digits):
+    cases = [
+        (dict(method="nope"), "unknown method"),
+        (dict(ipc=10_000), "larger than the smallest class"),
+        (dict(window=99), "--window"),
+        (dict(real_batch=100_000), "--real-batch"),
+        (dict(bogus=1), "unknown setting"),
+    ]
+    for kw, msg in cases:
+        args = dict(method="rat-bptt", ipc=1, steps=1, progress=False, final_eval=False, **TINY)
+        args.update(kw)
+        with pytest.raises(JaxddError, match=msg) as e:
+            distill_lib.distill(digits, **args)
+        assert "\n" not in str(e.value)
