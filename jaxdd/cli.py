@@ -193,7 +193,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.ipc is not None and not args.random_real:
         raise JaxddError("--ipc only applies to --random-real (a distilled set has its own IPC)")
 
-    from jaxdd import data, evaluate as ev
+    from jaxdd import data, evaluation as ev
 
     protocol = ev.get_protocol(args.protocol or "ratbptt")
     distilled = load_distilled(args.path) if args.path is not None else None

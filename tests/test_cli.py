@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from jaxdd import evaluate as ev
+from jaxdd import evaluation as ev
 from jaxdd.cli import main
 
 TINY = ["--steps", "20", "--models", "2", "--width", "16", "--no-progress"]

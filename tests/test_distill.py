@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdd import distill as distill_lib
+from jaxdd import distillation as distill_lib
 from jaxdd.errors import JaxddError
 from jaxdd.methods import bptt
 from jaxdd.models import make_model

@@ -8,7 +8,7 @@ import chex
 import numpy as np
 import pytest
 
-from jaxdd import evaluate as ev
+from jaxdd import evaluation as ev
 from jaxdd.errors import JaxddError
 
 FAST = dict(protocol="quick", width=16, num_models=3, steps=150, lr=1e-2)

@@ -64,7 +64,7 @@ def _prepare_dataset(dataset, settings: Settings, seed: int):
 def initial_set(dataset, ipc: int, how: str, key):
     """Class-major initial images and int labels: random real images, or Gaussian noise whose per-image
     L2 norm equals the mean norm of real images (unit norm on ZCA-KIP data, as RaT-BPTT does)."""
-    from jaxdd.evaluate import random_real
+    from jaxdd.evaluation import random_real
 
     seed = int(jax.random.randint(key, (), 0, 2**30))
     images, labels = random_real(dataset, ipc, seed=seed)  # also validates ipc against the class sizes
@@ -220,7 +220,7 @@ def distill(dataset="digits", method: str = "rat-bptt", ipc: int = 1, steps: int
 
 def _evaluate(final, dataset, settings: Settings, *, split: str, seed: int) -> dict:
     """Evaluate a set with the distillation's own inner setup (same network, Adam lr, augmentation)."""
-    from jaxdd.evaluate import evaluate
+    from jaxdd.evaluation import evaluate
 
     return evaluate(np.asarray(final["images"]), np.asarray(final["labels"]), dataset, protocol="quick",
                     model=settings.model, width=settings.width, depth=settings.depth or None, norm=settings.norm,
