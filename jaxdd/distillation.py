@@ -51,11 +51,12 @@ def sample_real(x, y, key, step, *, batch: int):
     return x[idx], y[idx]
 
 
-def _prepare_dataset(dataset, settings: Settings, seed: int):
+def _prepare_dataset(dataset, settings: Settings, seed: int, cache_dir=None):
     from jaxdd import data
 
     if isinstance(dataset, (str, os.PathLike)):
-        return data.load(dataset, normalize=settings.normalize, val_fraction=settings.val_fraction, seed=seed)
+        return data.load(dataset, normalize=settings.normalize, val_fraction=settings.val_fraction, seed=seed,
+                         cache_dir=cache_dir)
     if dataset.x_val is None and settings.val_fraction > 0:
         dataset = dataset.with_validation(settings.val_fraction, seed=seed)
     return dataset
@@ -111,7 +112,8 @@ def resolve_settings(method: str, dataset_name: str, ipc: int, image_shape, sett
 
 def distill(dataset="digits", method: str = "rat-bptt", ipc: int = 1, steps: int | None = None, *,
             out: str | os.PathLike | None = None, seed: int = 0, resume: bool = False, progress: bool = True,
-            final_eval: bool = True, settings: Settings | None = None, mesh=None, **overrides) -> DistillResult:
+            final_eval: bool = True, settings: Settings | None = None, mesh=None, cache_dir=None,
+            **overrides) -> DistillResult:
     """Distil `dataset` into `ipc` images per class with `method` (bptt, tbptt, rat-bptt).
 
     dataset: a `jaxdd.data.Dataset` or a source string for `jaxdd.data.load`. steps: outer steps
@@ -119,12 +121,13 @@ def distill(dataset="digits", method: str = "rat-bptt", ipc: int = 1, steps: int
     checkpoints/ (None: nothing is written). resume: continue from out/checkpoints. overrides: any
     `jaxdd.presets.Settings` field. final_eval: evaluate the result and the random-real baseline on the
     test split with the same protocol. mesh: a `jax.sharding.Mesh` with a 'data' axis to shard the
-    population and real batch over (see `jaxdd.parallel`).
+    population, the real batch and the evaluation networks over (`jaxdd.parallel.make_mesh`).
+    cache_dir: where a data source string is decoded and cached.
     """
     name = dataset if isinstance(dataset, str) else getattr(dataset, "name", "dataset")
     require(isinstance(ipc, (int, np.integer)) and ipc >= 1, f"--ipc must be a positive integer, got {ipc!r}")
     settings = resolve_settings(method, str(name), int(ipc), None, settings, overrides)
-    dataset = _prepare_dataset(dataset, settings, seed)
+    dataset = _prepare_dataset(dataset, settings, seed, cache_dir)
     steps = DEFAULT_STEPS.get(dataset_key(str(name)), 200) if steps is None else int(steps)
     require(steps >= 0, f"--steps must be non-negative, got {steps}")
     require(settings.real_batch <= len(dataset.x_train),
@@ -138,18 +141,23 @@ def distill(dataset="digits", method: str = "rat-bptt", ipc: int = 1, steps: int
     k_init, k_run = jax.random.split(key)
     images0, labels0 = initial_set(dataset, int(ipc), settings.init, k_init)
     steps_per_pass = max(1, len(dataset.x_train) // settings.real_batch)
-    meth = bptt.make(model, settings, method, ipc=int(ipc), num_classes=dataset.num_classes,
-                     steps_per_pass=steps_per_pass)
-    state = meth.init(k_run, images0, labels0)
-
     from jaxdd import parallel
 
+    parallel.check_divisible(mesh, real_batch=settings.real_batch, population=settings.population)
+    meth = bptt.make(model, settings, method, ipc=int(ipc), num_classes=dataset.num_classes,
+                     steps_per_pass=steps_per_pass, mesh=mesh)
+    state = meth.init(k_run, images0, labels0)
+
     x_train, y_train = parallel.put_dataset(mesh, dataset.x_train, dataset.y_train)
-    state = parallel.replicate(mesh, state)
-    step_fn = parallel.jit_step(meth.step, mesh, state)
-    sampler = jax.jit(sample_real, static_argnames="batch")
+    num_images = len(images0) if settings.shard_images else None
+    if mesh is not None:
+        state = jax.device_put(state, parallel.state_shardings(mesh, state, num_images=num_images))
+    step_fn = parallel.jit_step(meth.step, mesh, state, num_images=num_images)
+    split = None if mesh is None else (parallel.batch_sharding(mesh),) * 2
+    sampler = jax.jit(sample_real, static_argnames="batch", out_shardings=split)
 
     mgr, metrics_path, rows = None, None, []
+    primary = jax.process_index() == 0  # multi-host: every process checkpoints (Orbax), one writes files
     if out is not None:
         out = os.fspath(out)
         os.makedirs(out, exist_ok=True)
@@ -167,9 +175,12 @@ def distill(dataset="digits", method: str = "rat-bptt", ipc: int = 1, steps: int
                               f"use the same options or another --out")
             done, state = checkpoint.restore_latest(mgr, state)
             rows = _read_metrics(metrics_path, done)
-        _write_metrics(metrics_path, rows)  # drop rows past the checkpoint: they will be recomputed
-        with open(settings_path, "w") as f:
-            json.dump(record, f, indent=1)
+        if primary:
+            _write_metrics(metrics_path, rows)  # drop rows past the checkpoint: they will be recomputed
+            with open(settings_path, "w") as f:
+                json.dump(record, f, indent=1)
+        else:
+            metrics_path = None
 
     base_key = jax.random.wrap_key_data(np.asarray(jax.device_get(state.key)))  # a copy: state is donated
     start = int(state.step)
@@ -183,7 +194,7 @@ def distill(dataset="digits", method: str = "rat-bptt", ipc: int = 1, steps: int
             row = dict(step=n + 1, **_host_metrics(m), seconds=round(time.perf_counter() - t0, 3))
             if settings.eval_every and (n + 1) % settings.eval_every == 0 and n + 1 < steps:
                 row["val_accuracy"] = _evaluate(meth.finalize(state), dataset, settings, split="val",
-                                                seed=seed)["accuracy_mean"]
+                                                seed=seed, mesh=mesh)["accuracy_mean"]
             rows.append(row)
             if metrics_path:
                 with open(metrics_path, "a") as f:
@@ -209,23 +220,23 @@ def distill(dataset="digits", method: str = "rat-bptt", ipc: int = 1, steps: int
     result = DistillResult(np.asarray(final["images"]), np.asarray(final["labels"]),
                            float(final["lr"]) if "lr" in final else None, record, rows, dataset, out=out)
     if final_eval:
-        result.evaluation = _evaluate(final, dataset, settings, split="test", seed=seed)
+        result.evaluation = _evaluate(final, dataset, settings, split="test", seed=seed, mesh=mesh)
         result.baseline = _evaluate({"images": images0 if settings.init == "real" else
                                      initial_set(dataset, int(ipc), "real", k_init)[0], "labels": labels0},
-                                    dataset, settings, split="test", seed=seed)
-    if out is not None:
+                                    dataset, settings, split="test", seed=seed, mesh=mesh)
+    if out is not None and primary:
         write_outputs(result, out)
     return result
 
 
-def _evaluate(final, dataset, settings: Settings, *, split: str, seed: int) -> dict:
+def _evaluate(final, dataset, settings: Settings, *, split: str, seed: int, mesh=None) -> dict:
     """Evaluate a set with the distillation's own inner setup (same network, Adam lr, augmentation)."""
     from jaxdd.evaluation import evaluate
 
     return evaluate(np.asarray(final["images"]), np.asarray(final["labels"]), dataset, protocol="quick",
                     model=settings.model, width=settings.width, depth=settings.depth or None, norm=settings.norm,
                     steps=settings.eval_steps, num_models=settings.eval_models, lr=settings.inner_lr,
-                    augment=settings.augment, split=split, seed=seed)
+                    augment=settings.augment, split=split, seed=seed, mesh=mesh)
 
 
 def write_outputs(result: DistillResult, out: str) -> None:

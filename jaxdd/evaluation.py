@@ -46,6 +46,7 @@ import optax
 
 from jaxdd import augment as augment_lib
 from jaxdd import models as models_lib
+from jaxdd import parallel
 from jaxdd.errors import JaxddError, require
 
 __all__ = [
@@ -321,14 +322,16 @@ def evaluate(images, labels, dataset, *, protocol: str | Protocol = "ratbptt", m
              width: int | None = None, depth: int | None = None, norm: str | None = None,
              steps: int | None = None, num_models: int | None = None, batch_size: int | None = None,
              lr: float | None = None, augment: str | None = None, seed: int = 0, split: str = "test",
-             progress: bool = False) -> dict[str, Any]:
+             progress: bool = False, mesh=None) -> dict[str, Any]:
     """Train ``num_models`` fresh networks (vmapped) on (images, labels); report their accuracy.
 
     images: float [N, H, W, C] matching ``dataset.image_shape``; labels: int class ids [N] or soft
     targets float [N, num_classes]. ``protocol``: a name in :data:`PROTOCOLS` or a :class:`Protocol`;
     every other keyword (None = the protocol's value, or :func:`model_defaults` for the network)
     overrides one of its fields. ``split``: "test" (report) or "val" (for choices; needs a dataset
-    loaded with ``val_fraction > 0``). ``progress``: draw a tqdm bar on stderr.
+    loaded with ``val_fraction > 0``). ``progress``: draw a tqdm bar on stderr. ``mesh``: a device mesh
+    with a 'data' axis (`jaxdd.parallel.make_mesh`); the K networks are split over it when K is a
+    multiple of its size (each device trains K/n of them), else they all run on the first device.
 
     Returns a dict: accuracy_mean, accuracy_std (np.std over the models, ddof 0), accuracies (list),
     all as **fractions in [0, 1]**; num_models, protocol, steps, model, width, depth, norm, optimizer,
@@ -373,6 +376,10 @@ def evaluate(images, labels, dataset, *, protocol: str | Protocol = "ratbptt", m
     keys = jax.random.split(jax.random.key(seed), k)
     carry = init(keys)
     x_dev, t_dev = jnp.asarray(images), jnp.asarray(targets)
+    if mesh is not None and k % parallel.num_devices(mesh) == 0:
+        # the computation follows its inputs: models split over 'data', the set replicated
+        carry, keys = jax.device_put((carry, keys), parallel.batch_sharding(mesh))
+        x_dev, t_dev = jax.device_put((x_dev, t_dev), parallel.replicated(mesh))
     lr_dev = jnp.float32(proto.lr)
     num_chunks = min(20, total) if progress else 1
     bounds = np.linspace(0, total, num_chunks + 1).round().astype(int) if total else np.array([0, 0])

@@ -1,9 +1,12 @@
 """Device mesh and shardings: the real batch and the inner-network population over a 'data' axis.
 
-The synthetic set and the outer optimizer state are replicated; the real batch (and so the
-population members, each of which gets its own slice of it) is split along the 'data' axis. The
-outer step is one `jax.jit` with in/out shardings: XLA inserts the all-reduce that averages the
-population's meta-gradients.
+The synthetic set and the outer optimizer state are replicated (or split along the image axis with
+``shard_images``, for sets too large to copy to every device); the real batch and the population of
+inner networks are split along the 'data' axis. The outer step is one `jax.jit` with in/out
+shardings, and `jax.lax.with_sharding_constraint` inside it pins the population's layout; XLA
+inserts the all-reduce that averages the members' meta-gradients. The same code runs on one device
+(mesh None), on 8 fake CPU devices in the tests, on a GPU node, or over hosts after
+`jax.distributed.initialize()` (see the README).
 """
 
 from __future__ import annotations
@@ -12,17 +15,36 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxdd.errors import require
+from jaxdd.errors import JaxddError, require
+
+__all__ = ["make_mesh", "num_devices", "replicated", "batch_sharding", "put_dataset", "replicate",
+           "state_shardings", "constrain_population", "check_divisible", "jit_step", "initialize_distributed"]
+
+
+def initialize_distributed() -> None:
+    """Join a multi-host run (`jax.distributed.initialize`, which reads SLURM / TPU / env settings).
+
+    Call before any other JAX work; afterwards `jax.devices()` lists every host's devices.
+    """
+    try:
+        jax.distributed.initialize()
+    except (RuntimeError, ValueError) as err:
+        raise JaxddError("jax.distributed.initialize failed (" + " ".join(str(err).split())[:200]
+                         + "): run under SLURM or on a TPU pod slice, or set JAX_COORDINATOR_ADDRESS, "
+                           "JAX_NUM_PROCESSES and JAX_PROCESS_ID") from None
 
 
 def make_mesh(devices: int | None = None) -> jax.sharding.Mesh:
-    """A 1-D mesh with axis 'data' over the first `devices` local devices (default: all)."""
+    """A 1-D mesh with axis 'data' over the first `devices` devices (default: all, every host's)."""
     available = jax.devices()
     n = len(available) if devices in (None, 0) else int(devices)
-    require(1 <= n <= len(available), f"--devices {devices} is not available: this host has {len(available)} "
-                                      f"device(s) ({available[0].platform})")
-    return jax.make_mesh((n,), ("data",), devices=available[:n],
-                         axis_types=(jax.sharding.AxisType.Auto,))
+    require(1 <= n <= len(available), f"--devices {devices} is not available: there are {len(available)} "
+                                      f"device(s) ({available[0].platform}); use --devices {len(available)} or fewer")
+    return jax.make_mesh((n,), ("data",), devices=available[:n], axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def num_devices(mesh) -> int:
+    return 1 if mesh is None else int(mesh.shape["data"])
 
 
 def replicated(mesh):
@@ -31,6 +53,17 @@ def replicated(mesh):
 
 def batch_sharding(mesh):
     return NamedSharding(mesh, P("data"))
+
+
+def check_divisible(mesh, *, real_batch: int, population: int) -> None:
+    """Raise a one-line JaxddError unless the real batch (and so each member's slice) splits evenly."""
+    n = num_devices(mesh)
+    require(real_batch % n == 0, f"--real-batch {real_batch} must be a multiple of --devices {n}")
+    if population % n:
+        require((real_batch // population) % n == 0,
+                f"with --population {population} not a multiple of --devices {n}, each network's real batch "
+                f"({real_batch // population}) is split over the devices and must be a multiple of {n}: "
+                f"change --real-batch, --population or --devices")
 
 
 def put_dataset(mesh, x, y):
@@ -45,11 +78,46 @@ def replicate(mesh, tree):
     return tree if mesh is None else jax.device_put(tree, replicated(mesh))
 
 
-def jit_step(step, mesh, state):
-    """jax.jit of an outer step(state, batch, key): state replicated, batch split along 'data'."""
+def state_shardings(mesh, state, *, num_images: int | None = None):
+    """Shardings for a distillation state: replicated, except (with `num_images`) every array whose
+    leading axis is the synthetic set's image axis, split over 'data' (images, learned labels, their
+    optimizer moments) when the count divides evenly."""
+    rep = replicated(mesh)
+    n = num_devices(mesh)
+
+    def one(x):
+        if num_images and getattr(x, "ndim", 0) >= 1 and x.shape[0] == num_images and num_images % n == 0:
+            return batch_sharding(mesh)
+        return rep
+
+    return jax.tree.map(one, state)
+
+
+def constrain_population(mesh, inputs, population: int):
+    """Pin the layout of the population's inputs (a tree of arrays with leading axis P) inside jit.
+
+    P a multiple of the device count: members are split over 'data' (each device trains P/n inner
+    networks on its own slice of the real batch). Otherwise every member runs on every device and
+    only its real batch rows (axis 1 of real_x / real_y) are split: the outer loss is data-parallel.
+    """
+    if mesh is None:
+        return inputs
+    if population % num_devices(mesh) == 0:
+        return jax.lax.with_sharding_constraint(inputs, batch_sharding(mesh))
+    params0, state0, real_x, real_y, keys, prefixes = inputs
+    rows = NamedSharding(mesh, P(None, "data"))
+    real_x, real_y = jax.lax.with_sharding_constraint((real_x, real_y), rows)
+    return params0, state0, real_x, real_y, keys, prefixes
+
+
+def jit_step(step, mesh, state, *, num_images: int | None = None):
+    """jax.jit of an outer step(state, batch, key) -> (state, metrics) with the state donated.
+
+    With a mesh: the state per `state_shardings`, the batch split along 'data', metrics replicated.
+    """
     if mesh is None:
         return jax.jit(step, donate_argnums=0)
     rep, split = replicated(mesh), batch_sharding(mesh)
-    state_sh = jax.tree.map(lambda _: rep, state)
+    state_sh = state_shardings(mesh, state, num_images=num_images)
     return jax.jit(step, in_shardings=(state_sh, (split, split), rep), out_shardings=(state_sh, rep),
                    donate_argnums=0)

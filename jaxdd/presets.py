@@ -15,43 +15,49 @@ METHODS = ("bptt", "tbptt", "rat-bptt")
 ESTIMATORS = {"bptt": "full", "tbptt": "fixed", "rat-bptt": "random"}
 
 
+def _s(default, help: str):
+    """A Settings field with its help text (shown by `jaxdd distill --help`)."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """All settings of one distillation run (BPTT family). Field comments say what each one does."""
+    """All settings of one distillation run (BPTT family); each field's metadata["help"] says what it does."""
 
     # the estimator
-    unroll_steps: int = 40  # T: inner steps per meta-step
-    window: int = 10  # W: differentiated steps (bptt uses W = T)
-    resample: str = "step"  # rat-bptt prefix N ~ U[0, T-W]: "step" (every outer step) or "pass" (per pass over the data)
-    remat: str = "full"  # rematerialisation of the window step: full | dots | dots_no_batch | none
-    population: int = 1  # independent inner networks per meta-step, meta-gradients averaged
+    unroll_steps: int = _s(40, "T: inner steps per meta-step")
+    window: int = _s(10, "W: differentiated steps (bptt uses W = T)")
+    resample: str = _s("step", "rat-bptt prefix N ~ U[0, T-W]: \"step\" (every outer step) or \"pass\" (per pass over the data)")
+    remat: str = _s("full", "rematerialisation of the window step: full | dots | dots_no_batch | none")
+    population: int = _s(1, "independent inner networks per meta-step, meta-gradients averaged")
     # inner training
-    inner_optimizer: str = "adam"  # adam | sgd | momentum
-    inner_lr: float = 1e-3
-    per_class: int = 0  # images per class in an inner batch (0: all IPC)
-    classes_per_step: int = 0  # classes in an inner batch (0: all)
-    augment: str = "flip_rotate"  # augmentation of the synthetic inner batches
+    inner_optimizer: str = _s("adam", "inner optimizer: adam | sgd | momentum")
+    inner_lr: float = _s(1e-3, "inner learning rate (also the evaluation networks' lr)")
+    per_class: int = _s(0, "images per class in an inner batch (0: all IPC)")
+    classes_per_step: int = _s(0, "classes in an inner batch (0: all)")
+    augment: str = _s("flip_rotate", "augmentation of the synthetic inner batches")
     # outer
-    real_batch: int = 256  # real images per meta-step (split over the population)
-    outer_chunk: int = 0  # real images per chunk of the outer gradient (0: whole batch)
-    real_augment: str = "flip_rotate"  # augmentation of the real batch
-    outer_lr: float = 1e-3
-    label_lr: float = 0.0  # 0: same as outer_lr
-    learn_labels: bool = False
-    clip: bool = True  # clip the image meta-gradient at 2 × its EMA norm
-    init: str = "noise"  # noise | real
+    real_batch: int = _s(256, "real images per meta-step (split over the population)")
+    outer_chunk: int = _s(0, "real images per chunk of the outer gradient (0: whole batch)")
+    real_augment: str = _s("flip_rotate", "augmentation of the real batch")
+    outer_lr: float = _s(1e-3, "outer Adam learning rate on the synthetic images")
+    label_lr: float = _s(0.0, "outer learning rate of learned labels (0: same as outer_lr)")
+    learn_labels: bool = _s(False, "learn soft labels (kept non-negative) besides the images")
+    clip: bool = _s(True, "clip the image meta-gradient at 2 × its EMA norm")
+    init: str = _s("noise", "initial images: noise (scaled to the real images' mean norm) | real")
     # the network
-    model: str = "convnet"
-    width: int = 128
-    depth: int = 0  # 0: deepest ≤ 3 the image size allows
-    norm: str = "instance"
+    model: str = _s("convnet", "inner network: convnet | convnet_bn | convnet_nonorm | mlp | resnet18")
+    width: int = _s(128, "network width (channels)")
+    depth: int = _s(0, "network depth (0: the deepest <= 3 the image size allows)")
+    norm: str = _s("instance", "ConvNet normalisation: instance | batch | none")
     # data and driver
-    normalize: str = "standardize"  # standardize | zca | zca-mtt | none
-    val_fraction: float = 0.1  # held out of the training data for choices and periodic evaluation
-    eval_every: int = 0  # meta-steps between validation evaluations (0: only at the end)
-    eval_steps: int = 300  # training steps of each evaluation network
-    eval_models: int = 4
-    checkpoint_every: int = 100
+    normalize: str = _s("standardize", "pixel preprocessing: standardize | zca | zca-mtt | none")
+    val_fraction: float = _s(0.1, "held out of the training data for choices and periodic evaluation")
+    eval_every: int = _s(0, "meta-steps between validation evaluations (0: only at the end)")
+    eval_steps: int = _s(300, "training steps of each evaluation network")
+    eval_models: int = _s(4, "networks trained per evaluation")
+    shard_images: bool = _s(False, "split the synthetic set and its optimizer state over the devices along the image axis (large IPC x classes)")
+    checkpoint_every: int = _s(100, "meta-steps between checkpoints (and after the last step, and on Ctrl-C)")
 
     def validate(self, method: str, ipc: int) -> "Settings":
         require(method in METHODS, f"unknown method '{method}': use one of {', '.join(METHODS)}")
@@ -113,7 +119,7 @@ SMALL = {
                      augment="flip_rotate", real_augment="flip_rotate", normalize="standardize",
                      eval_steps=500, checkpoint_every=50),
 }
-DEFAULT_STEPS = {"digits": 300, "images32": 200}
+DEFAULT_STEPS = {"digits": 1000, "images32": 200}  # digits: val accuracy 64% at 250 steps, 80% at 500, 86% at 1000, 86% at 1250
 
 
 def dataset_key(name: str) -> str:

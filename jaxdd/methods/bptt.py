@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxdd import inner, outer
+from jaxdd import inner, outer, parallel
 from jaxdd.models import Model
 from jaxdd.presets import Settings
 from jaxdd.unroll import run_prefix, run_window
@@ -35,11 +35,14 @@ class DistillState:
 
 
 class Method(NamedTuple):
-    """What a method gives the driver: init(key, init_images) -> state; step; finalize(state) -> dict."""
+    """What a method gives the driver: init(key, images, labels) -> state; step(state, batch, key) ->
+    (state, metrics); finalize(state) -> dict; members(state, batch, key) -> the population's inputs
+    (exposed so tests can check how they are laid out over devices)."""
 
     init: Callable
     step: Callable
     finalize: Callable
+    members: Callable | None = None
 
 
 def sample_prefix(key, settings: Settings, kind: str):
@@ -85,11 +88,12 @@ def meta_gradient(model: Model, cfg: inner.InnerConfig, theta, consts, params0, 
 
 
 def make(model: Model, settings: Settings, method: str, *, ipc: int, num_classes: int, steps_per_pass: int = 1,
-         grad_map=None) -> Method:
+         grad_map=None, mesh=None) -> Method:
     """The BPTT-family method (`method` in bptt / tbptt / rat-bptt) as init / step / finalize.
 
     steps_per_pass: outer steps per pass over the real data (the prefix is resampled once per pass
-    when settings.resample == "pass").
+    when settings.resample == "pass"). mesh: a device mesh with a 'data' axis; the population (inner
+    networks, their real-batch slices, keys, prefixes) is laid out over it (`parallel.constrain_population`).
     """
     kind, window = settings.estimator_window(method)
     cfg = inner_config(settings, ipc, num_classes)
@@ -114,8 +118,9 @@ def make(model: Model, settings: Settings, method: str, *, ipc: int, num_classes
         return DistillState(theta, consts, optimizer(theta).init(theta), jnp.zeros((), jnp.int32), prefixes,
                             jax.random.key_data(key))
 
-    def step(state: DistillState, batch, key):
-        """One outer step: population meta-gradient, outer update. batch = (x [B,...], y [B])."""
+    def members(state: DistillState, batch, key):
+        """The population's inputs, each with a leading axis P: (params0, model_state0, real_x, real_y,
+        keys, prefixes). Member p gets rows [p·B/P, (p+1)·B/P) of the real batch."""
         real_x, real_y = batch
         real_x = real_x.reshape((P, -1) + real_x.shape[1:])
         real_y = real_y.reshape((P, -1) + real_y.shape[1:])
@@ -124,22 +129,28 @@ def make(model: Model, settings: Settings, method: str, *, ipc: int, num_classes
         if settings.resample == "pass":
             fresh = jnp.where(state.step % steps_per_pass == 0, fresh, state.prefixes)
         params0, model_state0 = jax.vmap(model.init)(jax.random.split(k_init, P))
+        inputs = (params0, model_state0, real_x, real_y, jax.random.split(k_unroll, P), fresh)
+        return parallel.constrain_population(mesh, inputs, P)
+
+    def step(state: DistillState, batch, key):
+        """One outer step: population meta-gradient, outer update. batch = (x [B,...], y [B])."""
+        inputs = members(state, batch, key)
 
         def member(p0, s0, x, y, k, n):
             return meta_gradient(model, cfg, state.theta, state.consts, p0, s0, x, y, k, n, window=window,
                                  remat=remat, chunk=chunk, grad_map=grad_map,
                                  real_augment=settings.real_augment)
 
-        grads, m = jax.vmap(member)(params0, model_state0, real_x, real_y, jax.random.split(k_unroll, P), fresh)
+        grads, m = jax.vmap(member)(*inputs)
         grads = jax.tree.map(lambda g: g.mean(0), grads)
-        return apply_meta_gradient(state, grads, optimizer, fresh, m)
+        return apply_meta_gradient(state, grads, optimizer, inputs[-1], m)
 
     def finalize(state: DistillState) -> dict:
         out = {"images": state.theta["images"]}
         out["labels"] = state.theta["labels"] if "labels" in state.theta else state.consts["labels"]
         return out
 
-    return Method(init, step, finalize)
+    return Method(init, step, finalize, members)
 
 
 def apply_meta_gradient(state: DistillState, grads, optimizer, prefixes, member_metrics):

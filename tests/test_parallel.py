@@ -1,0 +1,146 @@
+"""Sharding over 8 fake CPU devices: same numbers as one device, arrays really split, checkpoints portable."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jaxdd import distillation, evaluation, outer, parallel
+from jaxdd.errors import JaxddError
+from jaxdd.methods import bptt
+from jaxdd.models import make_model
+
+TINY = dict(width=4, depth=1, unroll_steps=6, window=3, real_batch=64, eval_steps=20, eval_models=2,
+            checkpoint_every=2, augment="flip_rotate", real_augment="flip_rotate")
+
+
+def _method(digits, mesh, population, **kw):
+    s = distillation.resolve_settings("rat-bptt", "digits", 1, None, None, {**TINY, "population": population, **kw})
+    model = make_model("convnet", image_shape=(8, 8, 1), num_classes=10, width=4, depth=1)
+    meth = bptt.make(model, s, "rat-bptt", ipc=1, num_classes=10, mesh=mesh)
+    images, labels = distillation.initial_set(digits, 1, "noise", jax.random.key(0))
+    state = meth.init(jax.random.key(1), images, labels)
+    batch = (jnp.asarray(digits.x_train[:64]), jnp.asarray(digits.y_train[:64]))
+    return s, meth, state, batch
+
+
+def _sharded_step(meth, mesh, state, batch, key):
+    state = jax.device_put(state, parallel.replicated(mesh))
+    batch = jax.device_put(batch, parallel.batch_sharding(mesh))
+    return parallel.jit_step(meth.step, mesh, state)(state, batch, key)
+
+
+@pytest.mark.parametrize("population", [8, 2])
+def test_sharded_step_equals_single_device(digits, population):
+    """Population 8 (one network per device) and 2 (networks replicated, real batch rows split)."""
+    mesh = parallel.make_mesh(8)
+    key = jax.random.key(7)
+    _, single, state, batch = _method(digits, None, population)
+    ref_state, ref_m = jax.jit(single.step)(state, batch, key)
+    _, sharded, state, batch = _method(digits, mesh, population)
+    before = np.asarray(state.theta["images"])  # the step donates its state
+    new_state, m = _sharded_step(sharded, mesh, state, batch, key)
+    chex.assert_trees_all_close(jax.device_get(m), jax.device_get(ref_m), rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(jax.device_get(new_state.theta), jax.device_get(ref_state.theta), rtol=1e-5,
+                                atol=1e-6)
+    assert not np.allclose(new_state.theta["images"], before)  # it did update
+    assert new_state.theta["images"].sharding.is_fully_replicated
+
+
+def test_arrays_are_split_as_intended(digits):
+    mesh = parallel.make_mesh(8)
+    _, meth, state, batch = _method(digits, mesh, 8)
+    batch = jax.device_put(batch, parallel.batch_sharding(mesh))
+    assert batch[0].sharding.spec == P("data")
+    chex.assert_shape([s.data for s in batch[0].addressable_shards], [(8, 8, 8, 1)] * 8)  # 64 rows / 8 devices
+    out_sh = NamedSharding(mesh, P("data"))
+    params0, _, real_x, _, keys, prefixes = jax.jit(meth.members, out_shardings=None)(state, batch, jax.random.key(0))
+    for leaf in jax.tree.leaves(params0) + [real_x, prefixes]:
+        assert leaf.sharding.is_equivalent_to(out_sh, leaf.ndim), leaf.sharding
+        assert leaf.addressable_shards[0].data.shape[0] == 1  # one member per device
+    chex.assert_shape(real_x, (8, 8, 8, 8, 1))
+    # population not a multiple of the devices: members replicated, their real batch rows split
+    _, meth2, state2, _ = _method(digits, mesh, 2)
+    _, _, real_x2, _, _, _ = jax.jit(meth2.members)(state2, batch, jax.random.key(0))
+    assert real_x2.sharding.is_equivalent_to(NamedSharding(mesh, P(None, "data")), 5)
+    chex.assert_shape(real_x2.addressable_shards[0].data, (2, 4, 8, 8, 1))
+
+
+def test_population_one_is_the_single_network_estimator(digits):
+    s, meth, state, batch = _method(digits, None, 1)
+    key = jax.random.key(3)
+    new_state, m = jax.jit(meth.step)(state, batch, key)
+    params0, state0, rx, ry, keys, prefixes = meth.members(state, batch, key)
+    cfg = bptt.inner_config(s, 1, 10)
+    model = make_model("convnet", image_shape=(8, 8, 1), num_classes=10, width=4, depth=1)
+    grads, _ = jax.jit(lambda: bptt.meta_gradient(
+        model, cfg, state.theta, state.consts, jax.tree.map(lambda a: a[0], params0),
+        jax.tree.map(lambda a: a[0], state0), rx[0], ry[0], keys[0], prefixes[0], window=s.window,
+        real_augment=s.real_augment))()
+    opt = outer.outer_optimizer(state.theta, lr=s.outer_lr, clip=s.clip)
+    updates, _ = opt.update(grads, state.opt_state, state.theta)
+    expected = outer.project(jax.tree.map(jnp.add, state.theta, updates))
+    chex.assert_trees_all_close(new_state.theta, expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(float(m["grad_norm"]), float(jnp.linalg.norm(grads["images"])), rtol=1e-5)
+
+
+def _same_set(a, b):
+    """Equal up to float32 reduction order: summing the population's meta-gradients in another order
+    changes them by ~1e-7 relative, and Adam's g / sqrt(v) turns that into up to ~1e-3 of a pixel where
+    a gradient is near zero (outer lr 1e-2). A different seed differs by O(1)."""
+    diff = np.abs(np.asarray(a) - np.asarray(b))
+    assert diff.max() < 2e-3 and diff.mean() < 2e-5, (diff.max(), diff.mean())
+
+
+def _distill(digits, out, steps, mesh, resume=False, population=8):
+    return distillation.distill(digits, "rat-bptt", ipc=1, steps=steps, out=out, resume=resume, progress=False,
+                                final_eval=False, seed=5, mesh=mesh, **{**TINY, "population": population})
+
+
+def test_population_8_same_on_8_devices_and_1(digits):
+    a = _distill(digits, None, 2, parallel.make_mesh(8))
+    b = _distill(digits, None, 2, parallel.make_mesh(1))
+    _same_set(a.images, b.images)
+
+
+@pytest.mark.parametrize("first,second", [(8, 1), (1, 8)])
+def test_checkpoint_moves_between_device_counts(digits, tmp_path, first, second):
+    ref = _distill(digits, None, 4, None)
+    _distill(digits, tmp_path, 2, parallel.make_mesh(first) if first > 1 else None)
+    resumed = _distill(digits, tmp_path, 4, parallel.make_mesh(second) if second > 1 else None, resume=True)
+    _same_set(resumed.images, ref.images)
+
+
+def test_images_sharded_along_the_image_axis(digits):
+    """shard_images splits the set and its Adam moments over the devices; the result is unchanged."""
+    mesh = parallel.make_mesh(2)
+    _, meth, state, batch = _method(digits, mesh, 2, shard_images=True)
+    sh = parallel.state_shardings(mesh, state, num_images=10)
+    assert sh.theta["images"].spec == P("data") and sh.consts["labels"].spec == P("data")
+    assert sh.prefixes.spec == P()
+    state = jax.device_put(state, sh)
+    batch = jax.device_put(batch, parallel.batch_sharding(mesh))
+    new_state, _ = parallel.jit_step(meth.step, mesh, state, num_images=10)(state, batch, jax.random.key(7))
+    assert new_state.theta["images"].addressable_shards[0].data.shape[0] == 5
+    _, single, state1, batch1 = _method(digits, None, 2)
+    ref, _ = jax.jit(single.step)(state1, batch1, jax.random.key(7))
+    np.testing.assert_allclose(new_state.theta["images"], ref.theta["images"], rtol=1e-5, atol=1e-6)
+
+
+def test_evaluation_sharded_over_models(digits):
+    images, labels = evaluation.random_real(digits, 2, seed=0)
+    kw = dict(protocol="quick", width=8, depth=1, steps=30, num_models=8)
+    a = evaluation.evaluate(images, labels, digits, **kw)
+    b = evaluation.evaluate(images, labels, digits, mesh=parallel.make_mesh(8), **kw)
+    np.testing.assert_allclose(a["accuracies"], b["accuracies"], atol=2 / len(digits.y_test))
+
+
+def test_bad_device_settings(digits):
+    with pytest.raises(JaxddError, match="--devices 9 is not available"):
+        parallel.make_mesh(9)
+    with pytest.raises(JaxddError, match="multiple of --devices 8"):
+        _distill(digits, None, 1, parallel.make_mesh(8), population=1) if False else \
+            distillation.distill(digits, "rat-bptt", ipc=1, steps=1, progress=False, final_eval=False,
+                                 mesh=parallel.make_mesh(8), **{**TINY, "real_batch": 60, "population": 2})
