@@ -151,7 +151,7 @@ def distill(dataset="digits", method: str = "rat-bptt", ipc: int = 1, steps: int
     x_train, y_train = parallel.put_dataset(mesh, dataset.x_train, dataset.y_train)
     num_images = len(images0) if settings.shard_images else None
     if mesh is not None:
-        state = jax.device_put(state, parallel.state_shardings(mesh, state, num_images=num_images))
+        state = parallel.put(state, parallel.state_shardings(mesh, state, num_images=num_images))
     step_fn = parallel.jit_step(meth.step, mesh, state, num_images=num_images)
     split = None if mesh is None else (parallel.batch_sharding(mesh),) * 2
     sampler = jax.jit(sample_real, static_argnames="batch", out_shardings=split)

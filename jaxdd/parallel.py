@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxdd.errors import JaxddError, require
 
-__all__ = ["make_mesh", "num_devices", "replicated", "batch_sharding", "put_dataset", "replicate",
+__all__ = ["make_mesh", "num_devices", "put", "replicated", "batch_sharding", "put_dataset", "replicate",
            "state_shardings", "constrain_population", "check_divisible", "jit_step", "initialize_distributed"]
 
 
@@ -66,16 +67,34 @@ def check_divisible(mesh, *, real_batch: int, population: int) -> None:
                 f"change --real-batch, --population or --devices")
 
 
+def put(tree, shardings):
+    """Place a host-identical pytree on (possibly several hosts') devices with the given shardings.
+
+    One process: `jax.device_put`. Several (after `jax.distributed.initialize`): every process holds
+    the same values (same seed, same data), and each fills in the shards of its own devices.
+    """
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+    if not isinstance(shardings, jax.sharding.Sharding):
+        return jax.tree.map(lambda x, s: put(x, s), tree, shardings)
+
+    def one(x):
+        host = np.asarray(jax.device_get(x))
+        return jax.make_array_from_callback(host.shape, shardings, lambda index: host[index])
+
+    return jax.tree.map(one, tree)
+
+
 def put_dataset(mesh, x, y):
     """The training arrays on the devices (replicated over the mesh, or on the default device)."""
     if mesh is None:
         return jnp.asarray(x), jnp.asarray(y)
-    return jax.device_put((x, y), replicated(mesh))
+    return put((np.asarray(x), np.asarray(y)), replicated(mesh))
 
 
 def replicate(mesh, tree):
     """`tree` replicated over the mesh (unchanged without a mesh)."""
-    return tree if mesh is None else jax.device_put(tree, replicated(mesh))
+    return tree if mesh is None else put(tree, replicated(mesh))
 
 
 def state_shardings(mesh, state, *, num_images: int | None = None):
