@@ -116,7 +116,7 @@ examples:
 methods: bptt (full BPTT, W = T), tbptt (fixed window: the last W of T steps), rat-bptt (a random
 window: N ~ U[0, T-W] untracked steps, then W differentiated ones).
 
-presets: digits gets a CPU preset (ConvNet w32 d2, T 40, W 10, outer lr 1e-2, 1000 steps); any other
+presets: digits gets a CPU preset (ConvNet w32 d2, T 40, W 10, outer lr 1e-2, real-image init, 300 steps); any other
 data set a small 32x32 CPU preset (ConvNet w32 d3, T 40, W 10, 200 steps); --published takes the
 RaT-BPTT paper's settings for cifar10 / cifar100 / tiny_imagenet (a GPU job). Every preset value is
 overridden by the option of the same name below.

@@ -114,3 +114,18 @@ def test_bad_inputs_give_one_line_errors(digits):
         with pytest.raises(JaxddError, match=msg) as e:
             distill_lib.distill(digits, **args)
         assert "\n" not in str(e.value)
+
+
+def test_distilled_digits_beat_random_real_over_seeds(digits):
+    """IPC 1 on digits: 100 meta-steps from random real images beat those very images, seed after seed.
+
+    Setting chosen on the validation split (distilled 86-90% vs random real 65-70% over seeds 0-2);
+    here both are scored on the test split under the same protocol (4 networks × 300 Adam steps).
+    """
+    for seed in (0, 1):
+        r = distill_lib.distill(digits, "rat-bptt", ipc=1, steps=100, seed=seed, progress=False, width=16, depth=1,
+                                unroll_steps=20, window=10, init="real", eval_models=4)
+        d, b = r.evaluation, r.baseline
+        assert d["num_models"] == b["num_models"] == 4 and d["steps"] == b["steps"]
+        assert d["accuracy_mean"] > b["accuracy_mean"] + 0.10, (seed, d["accuracy_mean"], b["accuracy_mean"])
+        assert d["accuracy_mean"] > 0.80
