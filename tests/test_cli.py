@@ -117,3 +117,61 @@ def test_python_m_jaxdd():
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert REQUIRED <= set(_last_json(proc.stdout))
+
+
+DISTILL_TINY = ["--width", "4", "--depth", "1", "--unroll-steps", "6", "--window", "3", "--real-batch", "64",
+                "--eval-steps", "20", "--eval-models", "2", "--no-progress", "--devices", "1"]
+
+
+def test_distill_writes_outputs_and_resumes(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["distill", "--dataset", "digits", "--method", "tbptt", "--ipc", "1", "--steps", "3", "--out", str(out),
+                 "--json", *DISTILL_TINY])
+    stdout, err = capsys.readouterr()
+    assert code == 0, err
+    summary = _last_json(stdout)
+    assert REQUIRED <= set(summary) and {"random_real_mean", "random_real_std"} <= set(summary)
+    assert summary["steps"] == 3 and summary["devices"] == 1 and "random real" in stdout
+    for name in ("distilled.npz", "grid.png", "metrics.jsonl", "checkpoints"):
+        assert (out / name).exists(), name
+    with np.load(out / "distilled.npz") as f:
+        assert f["images"].shape == (10, 8, 8, 1) and f["labels"].shape == (10,)
+        settings = json.loads(str(f["settings"]))
+    assert settings["method"] == "tbptt" and settings["settings"]["window"] == 3
+    # the same --out without --resume is refused; with --resume it continues to --steps 5
+    assert "--resume" in _error_line(capsys, ["distill", "--method", "tbptt", "--steps", "5", "--out", str(out),
+                                              *DISTILL_TINY])
+    code = main(["distill", "--method", "tbptt", "--steps", "5", "--out", str(out), "--resume", "--no-eval",
+                 *DISTILL_TINY])
+    capsys.readouterr()
+    assert code == 0
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 5
+    # and the result evaluates from the command line
+    code = main(["evaluate", str(out / "distilled.npz"), "--json", *TINY])
+    assert code == 0 and REQUIRED <= set(_last_json(capsys.readouterr().out))
+
+
+def test_distill_bad_input(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default --out is runs/... under the working directory
+    assert "unknown method" in _error_line(capsys, ["distill", "--method", "kip", *DISTILL_TINY])
+    assert "larger than the smallest class" in _error_line(capsys, ["distill", "--ipc", "5000", *DISTILL_TINY])
+    assert "--window" in _error_line(capsys, ["distill", *DISTILL_TINY, "--window", "9"])
+    assert "no published preset" in _error_line(capsys, ["distill", "--published", *DISTILL_TINY])
+    assert "not available" in _error_line(capsys, ["distill", "--devices", "64", "--no-progress"])
+    assert "does not exist" in _error_line(capsys, ["distill", "--dataset", str(tmp_path / "missing"), *DISTILL_TINY])
+    assert main(["distill", "--steps", "-1"]) == 2  # argparse
+    capsys.readouterr()
+
+
+def test_distill_help_lists_every_setting(capsys):
+    import dataclasses
+
+    from jaxdd.presets import Settings
+
+    assert main(["distill", "--help"]) == 0
+    out = capsys.readouterr().out
+    for option in ["--dataset", "--method", "--ipc", "--steps", "--out", "--seed", "--resume", "--devices",
+                   "--population", "--published", "--distributed"]:
+        assert option in out, option
+    for field in dataclasses.fields(Settings):
+        assert "--" + field.name.replace("_", "-") in out, field.name
