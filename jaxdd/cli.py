@@ -59,16 +59,17 @@ _positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive num
 _positive_or_zero_float = _number(float, lambda v: 0 <= v < float("inf"), "a number >= 0")
 
 
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    """--dataset, --normalize, --cache-dir (shared by subcommands that load a data set)."""
+def add_data_arguments(parser: argparse.ArgumentParser, *, normalize: bool = True) -> None:
+    """--dataset, --cache-dir and (unless the subcommand has its own) --normalize."""
     group = parser.add_argument_group("data")
     group.add_argument("--dataset", default="digits", metavar="SOURCE",
                        help="data set: 'digits' (bundled with scikit-learn, the default), 'tfds:NAME', or a path "
                             "to a folder or archive (.tar, .tar.gz, .tar.xz, .zip) holding train/<class>/<image> "
                             "and test/<class>/<image>")
-    group.add_argument("--normalize", default="standardize", metavar="KIND",
-                       help="pixel preprocessing: standardize (default), none, zca (KIP/RaT-BPTT) or zca-mtt; "
-                            "use the one the distilled set was made with")
+    if normalize:
+        group.add_argument("--normalize", default="standardize", metavar="KIND",
+                           help="pixel preprocessing: standardize (default), none, zca (KIP/RaT-BPTT) or zca-mtt; "
+                                "use the one the distilled set was made with")
     group.add_argument("--cache-dir", default=None, metavar="DIR",
                        help="where decoded archives / downloads are cached (default: the loader's choice)")
 
@@ -136,10 +137,7 @@ def add_distill_parser(subparsers) -> argparse.ArgumentParser:
                    help="devices to shard the population, real batch and evaluation over (default: all)")
     p.add_argument("--distributed", action="store_true",
                    help="multi-host: call jax.distributed.initialize() first (SLURM, TPU pod slice; see README)")
-    group = p.add_argument_group("data")
-    group.add_argument("--dataset", default="digits", metavar="SOURCE",
-                       help="'digits' (default), 'tfds:NAME', or a folder / archive with train/<class>/ and test/<class>/")
-    group.add_argument("--cache-dir", default=None, metavar="DIR", help="where decoded archives are cached")
+    add_data_arguments(p, normalize=False)  # --normalize is one of the settings below
     settings = p.add_argument_group("settings (default: the preset's value)")
     for field in dataclasses.fields(Settings):
         flag = "--" + field.name.replace("_", "-")
@@ -249,7 +247,6 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
 
 def load_distilled(path: str) -> dict:
     """Read a distilled.npz: {'images', 'labels', 'lr' (float or None), 'settings' (dict or None)}."""
-    import os
     import zipfile
 
     import numpy as np

@@ -14,10 +14,9 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jaxdd import checkpoint
+from jaxdd import checkpoint, parallel
 from jaxdd.errors import JaxddError, require
 from jaxdd.methods import bptt
 from jaxdd.models import make_model
@@ -141,8 +140,6 @@ def distill(dataset="digits", method: str = "rat-bptt", ipc: int = 1, steps: int
     k_init, k_run = jax.random.split(key)
     images0, labels0 = initial_set(dataset, int(ipc), settings.init, k_init)
     steps_per_pass = max(1, len(dataset.x_train) // settings.real_batch)
-    from jaxdd import parallel
-
     parallel.check_divisible(mesh, real_batch=settings.real_batch, population=settings.population)
     meth = bptt.make(model, settings, method, ipc=int(ipc), num_classes=dataset.num_classes,
                      steps_per_pass=steps_per_pass, mesh=mesh)

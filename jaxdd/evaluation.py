@@ -46,7 +46,7 @@ import optax
 from jaxdd import augment as augment_lib
 from jaxdd import models as models_lib
 from jaxdd import parallel
-from jaxdd.errors import JaxddError, require
+from jaxdd.errors import require
 
 __all__ = [
     "Protocol",

@@ -53,6 +53,12 @@ def lanczos(matvec: Callable[[Any], Any], v0, num_iters: int):
     alphas = jnp.zeros((num_iters,), dtype)
     betas = jnp.zeros((num_iters,), dtype)
     key = jax.random.key(0)
+    scale = jnp.maximum(jnp.linalg.norm(flat0), 1.0)
+
+    def restart(i, basis):
+        # breakdown: a random direction orthogonal to the basis (only computed when needed)
+        fresh = orthogonalise(jax.random.normal(jax.random.fold_in(key, i), (n,), dtype), basis)
+        return fresh / jnp.linalg.norm(fresh)
 
     def body(i, carry):
         basis, q, alphas, betas = carry
@@ -61,11 +67,8 @@ def lanczos(matvec: Callable[[Any], Any], v0, num_iters: int):
         alpha = jnp.vdot(q, w)
         w = orthogonalise(w, basis)
         beta = jnp.linalg.norm(w)
-        # breakdown: restart from a random direction orthogonal to the basis (beta recorded as 0)
-        scale = jnp.maximum(jnp.linalg.norm(flat0), 1.0)
         breakdown = beta <= 1e-10 * scale * jnp.maximum(jnp.abs(alpha), 1.0)
-        fresh = orthogonalise(jax.random.normal(jax.random.fold_in(key, i), (n,), dtype), basis)
-        nxt = jnp.where(breakdown, fresh / jnp.linalg.norm(fresh), w / jnp.where(breakdown, 1.0, beta))
+        nxt = jax.lax.cond(breakdown, lambda: restart(i, basis), lambda: w / beta)
         return basis, nxt, alphas.at[i].set(alpha), betas.at[i].set(jnp.where(breakdown, 0.0, beta))
 
     basis, _, alphas, betas = jax.lax.fori_loop(0, num_iters, body, (basis, q, alphas, betas))

@@ -18,7 +18,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxdd.errors import JaxddError, require
 
-__all__ = ["make_mesh", "num_devices", "put", "replicated", "batch_sharding", "put_dataset", "replicate",
+__all__ = ["make_mesh", "num_devices", "put", "replicated", "batch_sharding", "put_dataset",
            "state_shardings", "constrain_population", "check_divisible", "jit_step", "initialize_distributed"]
 
 
@@ -90,11 +90,6 @@ def put_dataset(mesh, x, y):
     if mesh is None:
         return jnp.asarray(x), jnp.asarray(y)
     return put((np.asarray(x), np.asarray(y)), replicated(mesh))
-
-
-def replicate(mesh, tree):
-    """`tree` replicated over the mesh (unchanged without a mesh)."""
-    return tree if mesh is None else put(tree, replicated(mesh))
 
 
 def state_shardings(mesh, state, *, num_images: int | None = None):

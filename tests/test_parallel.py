@@ -141,6 +141,5 @@ def test_bad_device_settings(digits):
     with pytest.raises(JaxddError, match="--devices 9 is not available"):
         parallel.make_mesh(9)
     with pytest.raises(JaxddError, match="multiple of --devices 8"):
-        _distill(digits, None, 1, parallel.make_mesh(8), population=1) if False else \
-            distillation.distill(digits, "rat-bptt", ipc=1, steps=1, progress=False, final_eval=False,
-                                 mesh=parallel.make_mesh(8), **{**TINY, "real_batch": 60, "population": 2})
+        distillation.distill(digits, "rat-bptt", ipc=1, steps=1, progress=False, final_eval=False,
+                             mesh=parallel.make_mesh(8), **{**TINY, "real_batch": 60, "population": 2})
