@@ -80,7 +80,7 @@ def cpu_grid():
     return out
 
 
-# The paper's CIFAR-10 IPC 10 setting (ALGORITHMS.md §2): width 128, W 60, T 200, real batch 5000.
+# The paper's CIFAR-10 IPC 10 setting (docs/methods/bptt.md): width 128, W 60, T 200, real batch 5000.
 def gpu_grid():
     base = dict(width=128, ipc=10, unroll_steps=200, window=60, real_batch=5000, chunk=500, estimator="rat-bptt")
     return [dict(base, remat="on"), dict(base, remat="off")]

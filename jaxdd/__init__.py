@@ -1,6 +1,6 @@
 """jaxdd: dataset distillation in pure-functional JAX.
 
-The public entry points (the contract in DESIGN.md):
+The public entry points (the contract; docs/architecture.md):
 
     jaxdd.data.load(source, **options) -> Dataset
     jaxdd.distill(dataset, method=..., ipc=..., steps=..., **options) -> DistillResult
@@ -8,19 +8,25 @@ The public entry points (the contract in DESIGN.md):
     jaxdd.unroll(step, carry, theta, xs, *, prefix, window, remat=True) -> carry
     jaxdd.hvp(f, params, v), jaxdd.lanczos(matvec, v0, num_iters)
 
-The modules behind them: data/, models, augment, unroll, inner, outer, hessian, methods/,
-distillation (the driver), evaluation, parallel, checkpoint, presets, viz, cli.
+The modules behind them (docs/architecture.md): data/, models, augment, unroll, truncation, inner,
+outer, hessian, synthetic, initial, settings, methods/ (the method interface and registry), presets,
+distillation (the driver), rundir (the run folder), evaluation, parallel, checkpoint, viz, cli.
 """
 
-from jaxdd import data
+from jaxdd import data, methods
 from jaxdd.distillation import DistillResult, distill
 from jaxdd.errors import JaxddError
 from jaxdd.evaluation import evaluate
 from jaxdd.hessian import hvp, lanczos
-from jaxdd.presets import Settings, preset
+from jaxdd.methods.bptt import BPTTSettings
+from jaxdd.presets import preset
+from jaxdd.settings import CommonSettings
 from jaxdd.unroll import unroll
+
+Settings = BPTTSettings  # the settings of the BPTT family (earlier name)
 
 __version__ = "0.1.0"
 
-__all__ = ["data", "distill", "DistillResult", "evaluate", "hvp", "lanczos", "unroll", "Settings", "preset",
+__all__ = ["data", "methods", "distill", "DistillResult", "evaluate", "hvp", "lanczos", "unroll", "Settings",
+           "BPTTSettings", "CommonSettings", "preset",
            "JaxddError", "__version__"]

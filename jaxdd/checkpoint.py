@@ -40,3 +40,12 @@ def restore_latest(mgr: ocp.CheckpointManager, like):
 
     state = mgr.restore(step, args=ocp.args.StandardRestore(jax.tree.map(abstract, like)))
     return step, state
+
+
+def latest_step_in(directory) -> int | None:
+    """The newest finished checkpoint step under `directory` (None if there is none), without creating it."""
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        return None
+    steps = [int(name) for name in os.listdir(directory) if name.isdigit()]
+    return max(steps) if steps else None

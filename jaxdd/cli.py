@@ -27,7 +27,7 @@ examples:
   jaxdd evaluate --random-real --ipc 1 --steps 20 --models 2 --json
   jaxdd evaluate --random-real --ipc 10 --dataset /data/cifar10-jpeg.tar.xz --width 32 --steps 500
 
-protocols (ALGORITHMS.md §7.4; options given on the command line override their fields):
+protocols (docs/evaluation.md; options given on the command line override their fields):
   ratbptt  Adam 1e-3, flip/rotate augmentation, batch = whole set if <= 256 else 256, 1000 steps, 8 models
   mtt      SGD momentum 0.9, wd 5e-4, lr = the learned lr stored in the npz (else 0.01, or --lr),
            lr x 0.1 at half the steps, batch 256, DSA augmentation, 1000 epochs, 5 models
@@ -67,14 +67,14 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, normalize: bool = Tru
                             "to a folder or archive (.tar, .tar.gz, .tar.xz, .zip) holding train/<class>/<image> "
                             "and test/<class>/<image>")
     if normalize:
-        group.add_argument("--normalize", default="standardize", metavar="KIND",
-                           help="pixel preprocessing: standardize (default), none, zca (KIP/RaT-BPTT) or zca-mtt; "
-                                "use the one the distilled set was made with")
+        group.add_argument("--normalize", default=None, metavar="KIND",
+                           help="pixel preprocessing: standardize, none, zca (KIP/RaT-BPTT) or zca-mtt (default: the "
+                                "one the distilled set records, else standardize)")
     group.add_argument("--cache-dir", default=None, metavar="DIR",
                        help="where decoded archives / downloads are cached (default: the loader's choice)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jaxdd",
         description="Dataset distillation in pure-functional JAX.",
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
-    add_distill_parser(subparsers)
+    add_distill_parser(subparsers, _method_from(argv))
     add_evaluate_parser(subparsers)
     return parser
 
@@ -95,42 +95,47 @@ examples:
   jaxdd distill --dataset ../shared/data/cifar10-jpeg.tar.xz --method rat-bptt --ipc 1 --steps 300
   jaxdd distill --dataset tfds:cifar10 --method rat-bptt --ipc 10 --published --devices 8 --population 8
 
-methods: bptt (full BPTT, W = T), tbptt (fixed window: the last W of T steps), rat-bptt (a random
-window: N ~ U[0, T-W] untracked steps, then W differentiated ones).
-
-presets: digits gets a CPU preset (ConvNet w32 d2, T 40, W 10, outer lr 1e-2, real-image init, 300 steps); any other
-data set a small 32x32 CPU preset (ConvNet w32 d3, T 40, W 10, 200 steps); --published takes the
-RaT-BPTT paper's settings for cifar10 / cifar100 / tiny_imagenet (a GPU job). Every preset value is
-overridden by the option of the same name below.
+presets: digits and any other small image set get CPU-sized values; --published takes the paper's
+settings where the method has them (a GPU job). Every preset value is overridden by the option of the
+same name below; `jaxdd distill --method M --help` lists the settings of method M.
 
 outputs in --out: distilled.npz (images, labels, lr, settings JSON), grid.png, metrics.jsonl,
 settings.json and checkpoints/. Ctrl-C saves a checkpoint; --resume continues exactly.
 """
 
 
-def add_distill_parser(subparsers) -> argparse.ArgumentParser:
+def _method_from(argv) -> str:
+    """The --method named on the command line (before the full parse), default rat-bptt."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--method", default="rat-bptt")
+    known, _ = pre.parse_known_args(list(argv or []))
+    return known.method
+
+
+def add_distill_parser(subparsers, method: str = "rat-bptt") -> argparse.ArgumentParser:
     import dataclasses
 
-    from jaxdd.presets import METHODS, Settings
+    from jaxdd import methods
 
+    listing = "\n".join(f"  {name:10s} {methods.get(name).summary}" for name in methods.available())
     p = subparsers.add_parser(
         "distill",
-        help="learn a small synthetic training set (RaT-BPTT and its special cases)",
-        description="Distil a data set into --ipc synthetic images per class by differentiating through "
-                    "unrolled training of a network on them; then report the distilled set's test "
-                    "accuracy beside random real images at the same IPC, under the same evaluation.",
-        epilog=DISTILL_EPILOG,
+        help="learn a small synthetic training set (" + ", ".join(methods.available()) + ")",
+        description="Distil a data set into --ipc synthetic images per class; then report the distilled set's "
+                    "test accuracy beside random real images at the same IPC, under the same evaluation.",
+        epilog=DISTILL_EPILOG + "\nmethods:\n" + listing + "\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--method", default="rat-bptt", metavar="METHOD",
-                   help=f"estimator: {', '.join(METHODS)} (default rat-bptt)")
+                   help=f"one of: {', '.join(methods.available())} (default rat-bptt; see below)")
     p.add_argument("--ipc", type=_positive_int, default=1, metavar="N", help="synthetic images per class (default 1)")
     p.add_argument("--steps", type=_nonnegative_int, default=None, metavar="N",
                    help="outer (meta) steps in total, counting those of a resumed run (default: the preset's)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="output directory (default runs/DATASET-METHOD-ipcN)")
-    p.add_argument("--seed", type=int, default=0, help="seed of everything random in the run (default 0)")
+    p.add_argument("--seed", type=_nonnegative_int, default=0, help="seed of everything random in the run (default 0)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --out")
     p.add_argument("--published", action="store_true",
                    help="start from the paper's settings for this data set and IPC instead of the CPU preset")
     p.add_argument("--devices", type=_positive_int, default=None, metavar="N",
@@ -138,28 +143,28 @@ def add_distill_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--distributed", action="store_true",
                    help="multi-host: call jax.distributed.initialize() first (SLURM, TPU pod slice; see README)")
     add_data_arguments(p, normalize=False)  # --normalize is one of the settings below
-    settings = p.add_argument_group("settings (default: the preset's value)")
-    for field in dataclasses.fields(Settings):
+    spec = methods.get(method) if method in methods.available() else methods.get("rat-bptt")
+    settings = p.add_argument_group(f"settings of --method {spec.name} (default: the preset's value)")
+    for field in dataclasses.fields(spec.settings):
         flag = "--" + field.name.replace("_", "-")
         kind = type(field.default)
         if kind is bool:
             settings.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None,
-                                  help=field.metadata["help"])
+                                  help=field.metadata.get("help"))
         else:
             parse = {int: _nonnegative_int, float: _positive_or_zero_float}.get(kind, str)
             metavar = {int: "N", float: "X"}.get(kind, "NAME")
             settings.add_argument(flag, dest=field.name, type=parse, default=None, metavar=metavar,
-                                  help=field.metadata["help"])
+                                  help=field.metadata.get("help"))
     out = p.add_argument_group("output")
     out.add_argument("--no-eval", action="store_true", help="skip the final evaluation of the set and the baseline")
     out.add_argument("--json", action="store_true", help="print one JSON summary object as the last line of stdout")
     out.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    p.set_defaults(func=cmd_distill)
+    p.set_defaults(func=cmd_distill, settings_type=spec.settings)
     return p
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    import dataclasses
     import re
 
     from jaxdd import parallel, presets
@@ -167,17 +172,14 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
     if args.distributed:
         parallel.initialize_distributed()
-    names = [f.name for f in dataclasses.fields(presets.Settings)]
-    overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-    settings = None
-    if args.published:
-        settings = presets.preset(args.method, args.dataset, args.ipc, published=True)
+    names = args.settings_type.field_names()
+    overrides = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
     out = args.out or os.path.join("runs", re.sub(r"[^A-Za-z0-9_.]+", "_", presets.dataset_key(args.dataset))
                                    + f"-{args.method}-ipc{args.ipc}")
     mesh = parallel.make_mesh(args.devices)
     result = distill(args.dataset, args.method, args.ipc, args.steps, out=out, seed=args.seed, resume=args.resume,
-                     progress=not args.no_progress, final_eval=not args.no_eval, settings=settings, mesh=mesh,
-                     cache_dir=args.cache_dir, **overrides)
+                     overwrite=args.overwrite, progress=not args.no_progress, final_eval=not args.no_eval,
+                     published=args.published, mesh=mesh, cache_dir=args.cache_dir, **overrides)
     last = result.metrics[-1] if result.metrics else {}
     print(f"{args.method} IPC {args.ipc} on {args.dataset}: {len(result.metrics)} steps recorded, last outer loss "
           f"{last.get('loss', float('nan')):.4f}, {int(last.get('skipped_total', 0))} skipped updates; wrote {out}/")
@@ -213,10 +215,15 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
                       help="baseline: --ipc random training images per class (seeded by --seed)")
     what.add_argument("--full-data", action="store_true", help="baseline: the whole training split")
     what.add_argument("--ipc", type=_positive_int, metavar="N", help="images per class for --random-real")
+    what.add_argument("--prefix-ipc", type=_positive_int, default=None, metavar="K",
+                      help="evaluate only the first K images per class of the distilled set (nested sets, Boost-DD)")
     add_data_arguments(p)
-    proto = p.add_argument_group("protocol (defaults come from --protocol)")
+    proto = p.add_argument_group("protocol (default: the one the distilled set records; for baselines, the one "
+                                 "'jaxdd distill' uses on this data set, or --like's)")
+    proto.add_argument("--like", default=None, metavar="DISTILLED.npz",
+                       help="score a baseline under the protocol recorded in this distilled set")
     proto.add_argument("--protocol", default=None, metavar="NAME",
-                       help="ratbptt (default), mtt or quick (a small CPU preset); see below")
+                       help="a named protocol instead: ratbptt, mtt or quick; see below")
     proto.add_argument("--model", default=None, metavar="NAME",
                        help="network: convnet (default), convnet_bn, convnet_nonorm, resnet18, mlp")
     proto.add_argument("--width", type=_positive_int, default=None, metavar="N",
@@ -236,7 +243,8 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
                        help="augmentation: none, flip_rotate, dsa, standard, or op names joined by '_'")
     proto.add_argument("--split", default="test", choices=("test", "val"),
                        help="where accuracy is measured: test (default) or val (10%% of train, for tuning)")
-    proto.add_argument("--seed", type=int, default=0, help="seed for the networks, their batches and --random-real")
+    proto.add_argument("--seed", type=_nonnegative_int, default=None,
+                       help="seed for the networks, their batches and --random-real (default: the run's, else 0)")
     out = p.add_argument_group("output")
     out.add_argument("--json", action="store_true",
                      help="print one JSON object (accuracies as fractions) as the last line of stdout")
@@ -245,47 +253,11 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def load_distilled(path: str) -> dict:
-    """Read a distilled.npz: {'images', 'labels', 'lr' (float or None), 'settings' (dict or None)}."""
-    import zipfile
-
-    import numpy as np
-
-    if not os.path.exists(path):
-        raise JaxddError(f"no such file: {path}: give the distilled.npz written by 'jaxdd distill'")
-    if os.path.isdir(path):
-        candidate = os.path.join(path, "distilled.npz")
-        if not os.path.exists(candidate):
-            raise JaxddError(f"{path} is a folder without distilled.npz: give the path of the .npz file")
-        path = candidate
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        raise JaxddError(f"cannot read {path} as an .npz file ({type(err).__name__}): give the distilled.npz "
-                         f"written by 'jaxdd distill'") from None
-    missing = [k for k in ("images", "labels") if k not in arrays]
-    if missing:
-        raise JaxddError(f"{path} has no {' and no '.join(repr(m) for m in missing)} array (it has: "
-                         f"{', '.join(sorted(arrays)) or 'nothing'}): save images [N,H,W,C] and labels [N] or [N,C]")
-    lr = None
-    if "lr" in arrays:
-        lr_arr = np.asarray(arrays["lr"], dtype=np.float64)
-        if lr_arr.size != 1 or not np.isfinite(lr_arr).all() or float(lr_arr.reshape(())) <= 0:
-            raise JaxddError(f"{path}: 'lr' must be one positive number, got {lr_arr.ravel()[:3].tolist()}")
-        lr = float(lr_arr.reshape(()))
-    settings = None
-    if "settings" in arrays:
-        try:
-            settings = json.loads(str(arrays["settings"]))
-        except json.JSONDecodeError:
-            raise JaxddError(f"{path}: 'settings' is not valid JSON: save json.dumps(settings) as a string") from None
-    return {"images": arrays["images"], "labels": arrays["labels"], "lr": lr, "settings": settings, "path": path}
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
     chosen = [name for name, on in (("a distilled set path", args.path is not None),
                                      ("--random-real", args.random_real), ("--full-data", args.full_data)) if on]
+    if args.prefix_ipc is not None and args.path is None:
+        raise JaxddError("--prefix-ipc applies to a distilled set: give its path")
     if len(chosen) != 1:
         raise JaxddError("give exactly one of: a distilled.npz path, --random-real --ipc N, or --full-data"
                          + (f" (got {' and '.join(chosen)})" if chosen else ""))
@@ -294,32 +266,37 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.ipc is not None and not args.random_real:
         raise JaxddError("--ipc only applies to --random-real (a distilled set has its own IPC)")
 
-    from jaxdd import data, evaluation as ev
+    from jaxdd import data, evaluation as ev, rundir
 
-    protocol = ev.get_protocol(args.protocol or "ratbptt")
-    distilled = load_distilled(args.path) if args.path is not None else None
-    dataset = data.load(args.dataset, normalize=args.normalize, val_fraction=0.1 if args.split == "val" else 0.0,
+    distilled = rundir.load_distilled(args.path) if args.path is not None else None
+    like = rundir.load_distilled(args.like) if args.like is not None else distilled
+    record = (like or {}).get("settings") or {}
+    kwargs, normalize, val_fraction, seed = _recorded_protocol(args, record)
+    dataset = data.load(args.dataset, normalize=normalize, val_fraction=0.1 if args.split == "val" else val_fraction,
                         seed=0, cache_dir=args.cache_dir)
-
-    lr = args.lr
     if distilled is not None:
         images, labels, what = distilled["images"], distilled["labels"], distilled["path"]
-        if lr is None and protocol.use_learned_lr and distilled["lr"] is not None:
-            lr = distilled["lr"]
+        if args.prefix_ipc:
+            images, labels = ev.prefix_ipc(images, labels, args.prefix_ipc, dataset.num_classes)
+            what += f" (first {args.prefix_ipc} per class)"
+        learned = kwargs.pop("use_learned_lr", ev.get_protocol(kwargs.get("protocol", "ratbptt")).use_learned_lr)
+        if learned and args.lr is None and distilled["lr"] is not None:
+            kwargs["lr"] = distilled["lr"]
     elif args.random_real:
-        images, labels = ev.random_real(dataset, args.ipc, seed=args.seed)
+        images, labels = ev.random_real(dataset, args.ipc, seed=seed)
         what = f"random real, IPC {args.ipc}"
     else:
         images, labels = ev.full_data(dataset)
         what = "full training data"
-
-    result = ev.evaluate(images, labels, dataset, protocol=protocol, model=args.model, width=args.width,
-                         depth=args.depth, norm=args.norm, steps=args.steps, num_models=args.models,
-                         batch_size=args.batch_size, lr=lr, augment=args.augment, seed=args.seed,
-                         split=args.split, progress=not args.no_progress)
-    result = {**result, "evaluated": what, "dataset": args.dataset, "normalize": args.normalize}
-    if distilled is not None and distilled["settings"] is not None:
-        result["settings"] = distilled["settings"]
+    kwargs.pop("use_learned_lr", None)
+    given = dict(model=args.model, width=args.width, depth=args.depth, norm=args.norm, steps=args.steps,
+                 num_models=args.models, batch_size=args.batch_size, lr=args.lr, augment=args.augment)
+    kwargs.update({k: v for k, v in given.items() if v is not None})
+    result = ev.evaluate(images, labels, dataset, seed=seed, split=args.split, progress=not args.no_progress,
+                         **kwargs)
+    result = {**result, "evaluated": what, "dataset": args.dataset, "normalize": normalize}
+    if record:
+        result["settings"] = record
 
     accs = " ".join(f"{100 * a:.2f}" for a in result["accuracies"])
     print(f"{what} ({result['num_images']} images) on {args.dataset}, {result['protocol']} protocol, "
@@ -332,9 +309,37 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recorded_protocol(args, record: dict):
+    """(evaluate kwargs, normalize, val_fraction, seed): from --protocol, else the record of a distilled set
+    (checked against --dataset / --normalize), else the protocol of 'jaxdd distill' on this data set."""
+    from jaxdd import presets
+
+    if record:
+        made_on = record.get("dataset")
+        if made_on is not None and presets.dataset_key(made_on) != presets.dataset_key(args.dataset):
+            raise JaxddError(f"the set was made on '{made_on}', not '{args.dataset}': evaluate with --dataset {made_on}")
+        made_with = record.get("normalize") or record.get("settings", {}).get("normalize")
+        if made_with and args.normalize not in (None, made_with):
+            raise JaxddError(f"the set was made with --normalize {made_with}, not {args.normalize}: drop --normalize "
+                             f"or pass --normalize {made_with}")
+    if args.protocol is not None:
+        kwargs = {"protocol": args.protocol}
+    elif record.get("evaluation"):
+        kwargs = dict(record["evaluation"])
+    else:
+        spec = presets.methods.get("rat-bptt")
+        kwargs = dict(spec.evaluation(presets.preset("rat-bptt", args.dataset, args.ipc or 1)))
+    normalize = args.normalize or record.get("normalize") or record.get("settings", {}).get("normalize") \
+        or "standardize"
+    val_fraction = record.get("settings", {}).get("val_fraction", 0.1)
+    seed = args.seed if args.seed is not None else int(record.get("seed", 0))
+    return kwargs, normalize, val_fraction, seed
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``jaxdd`` console script; returns the exit status."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help (0) or an argparse usage error (2, message already printed)

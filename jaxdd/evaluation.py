@@ -1,6 +1,6 @@
 """Evaluate a (distilled) training set: train K fresh networks on it, report their test accuracy.
 
-ALGORITHMS.md §7.4. :func:`evaluate` trains ``num_models`` networks from independent seeds *at once*:
+docs/evaluation.md. :func:`evaluate` trains ``num_models`` networks from independent seeds *at once*:
 one jitted training function, vmapped over the K model keys, whose inner loop over steps runs inside
 jit (``lax.fori_loop`` with traced bounds, so the step budget and the progress-bar chunks never cause
 a recompilation). The images, the targets and the learning rate are arguments of the jitted
@@ -57,6 +57,7 @@ __all__ = [
     "model_defaults",
     "random_real",
     "full_data",
+    "prefix_ipc",
     "check_set",
 ]
 
@@ -196,6 +197,17 @@ def random_real(dataset, ipc: int, *, seed: int = 0) -> tuple[np.ndarray, np.nda
     images = np.asarray(dataset.x_train)[idx].astype(np.float32)
     labels = np.repeat(np.arange(dataset.num_classes, dtype=np.int32), ipc)
     return images, labels
+
+
+def prefix_ipc(images, labels, k: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first `k` images of every class of a set (in their stored order), class-major."""
+    images, labels = np.asarray(images), np.asarray(labels)
+    hard = labels.argmax(-1) if labels.ndim == 2 else labels
+    rows = [np.flatnonzero(hard == c)[:k] for c in range(num_classes)]
+    short = min(len(r) for r in rows)
+    require(short >= k, f"--prefix-ipc {k} is larger than the set's smallest class ({short} images): use --prefix-ipc <= {short}")
+    idx = np.concatenate(rows)
+    return images[idx], labels[idx]
 
 
 def full_data(dataset) -> tuple[np.ndarray, np.ndarray]:

@@ -1,10 +1,10 @@
 """Inner training on the synthetic set: one pure step `step(carry, theta, key) -> carry` built on optax.
 
 The carry (`InnerState`) holds the network's parameters, its batch-norm state, the inner optimizer
-state, the step counter and the per-step gradient norms (AT-BPTT's statistics). `theta` is the
-learnable part of the synthetic set, a dict with any of ``images``, ``labels`` (learned soft labels)
-and ``lr`` (a learnable inner learning rate); what is not learned comes in `consts`, bound when the
-step is built inside a traced function (so it is an argument of the jitted step, never a constant).
+state, the step counter and the per-step gradient norms (AT-BPTT's statistics). `theta` and
+`consts` are the learned and the fixed parts of the synthetic set (jaxdd/synthetic.py); `consts` is
+bound when the step is built inside a traced function (so it is an argument of the jitted step,
+never a constant).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxdd import synthetic
 from jaxdd.errors import require
 from jaxdd.models import Model
 
@@ -41,11 +42,7 @@ class InnerConfig:
     optimizer: str = "adam"
     lr: float = 1e-3  # used unless theta carries a learnable "lr"
     momentum: float = 0.9
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-    eps_root: float = 1e-8  # > 0, or the meta-gradient through Adam is NaN at exactly-zero gradients
-    weight_decay: float = 0.0
+    eps_root: float = 1e-8  # > 0, or the meta-gradient through optax's Adam is NaN at exactly-zero gradients
     ipc: int = 1
     num_classes: int = 10
     per_class: int | None = None  # images of each class per inner batch (None: all ipc)
@@ -64,14 +61,11 @@ class InnerConfig:
 
 def direction(cfg: InnerConfig) -> optax.GradientTransformation:
     """The inner optimizer without its learning rate: updates are ``-lr * direction``."""
-    parts = []
-    if cfg.weight_decay:
-        parts.append(optax.add_decayed_weights(cfg.weight_decay))
     if cfg.optimizer == "adam":
-        parts.append(optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, eps_root=cfg.eps_root))
-    elif cfg.optimizer == "momentum":
-        parts.append(optax.trace(decay=cfg.momentum))
-    return optax.chain(*parts) if parts else optax.identity()
+        return optax.scale_by_adam(eps_root=cfg.eps_root)
+    if cfg.optimizer == "momentum":
+        return optax.trace(decay=cfg.momentum)
+    return optax.identity()
 
 
 def cross_entropy(logits, labels):
@@ -119,12 +113,6 @@ def sample_inner_batch(key, cfg: InnerConfig):
     return (classes[:, None] * cfg.ipc + within).reshape(-1)
 
 
-def default_assemble(theta, consts):
-    """Synthetic (images, labels, lr-or-None) from the learnable and constant parts."""
-    merged = {**consts, **theta}
-    return merged["images"], merged["labels"], merged.get("lr")
-
-
 def init_carry(params, model_state, cfg: InnerConfig) -> InnerState:
     """Fresh inner state: optimizer state from `direction(cfg)`, step 0, zeroed statistics."""
     return InnerState(params, model_state, direction(cfg).init(params), jnp.zeros((), jnp.int32),
@@ -132,7 +120,7 @@ def init_carry(params, model_state, cfg: InnerConfig) -> InnerState:
 
 
 def make_step(model: Model, cfg: InnerConfig, consts, *, grad_map: GradMap | None = None,
-              assemble=default_assemble):
+              assemble=synthetic.assemble):
     """Build one inner step `step(carry, theta, key) -> carry` over the synthetic set.
 
     Each step draws an inner batch (`sample_inner_batch`), augments it (cfg.augment), computes the

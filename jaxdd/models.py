@@ -230,7 +230,6 @@ class Model:
     image_shape: tuple[int, int, int]
     num_classes: int
     num_params: int
-    has_batch_stats: bool
 
 
 def make_model(name: str = "convnet", *, image_shape, num_classes, width: int | None = None,
@@ -285,8 +284,7 @@ def make_model(name: str = "convnet", *, image_shape, num_classes, width: int | 
         return logits, nnx.to_pure_dict(nnx.state(module, nnx.Not(nnx.Param)))
 
     num_params = sum(math.prod(v.shape) for v in jax.tree.leaves(nnx.to_pure_dict(param_template)))
-    has_bn = bool(jax.tree.leaves(nnx.to_pure_dict(rest_template)))
-    return Model(name, init_fn, apply_fn, image_shape, num_classes, int(num_params), has_bn)
+    return Model(name, init_fn, apply_fn, image_shape, num_classes, int(num_params))
 
 
 def check_input(model: Model, images) -> None:

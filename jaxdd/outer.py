@@ -69,29 +69,32 @@ def clip_by_ema_norm(factor: float = 2.0, decay: float = 0.1) -> optax.GradientT
     return optax.GradientTransformation(init, update)
 
 
-def outer_optimizer(theta, *, lr: float, lr_labels: float | None = None, lr_lr: float | None = None,
-                    clip: bool = True, clip_factor: float = 2.0, clip_decay: float = 0.1,
-                    optimizer: str = "adam", momentum: float = 0.5) -> optax.GradientTransformation:
-    """Outer optimizer over the learnable synthetic dict (keys images / labels / lr).
+def outer_optimizer(theta, *, lr: float, lr_labels: float | None = None, lr_lr: float = 1e-5, clip: bool = True,
+                    block_rates: dict | None = None, kind: str = "adam",
+                    momentum: float = 0.5) -> optax.GradientTransformation:
+    """Outer optimizer over a synthetic set's `theta` (jaxdd/synthetic.py).
 
-    Images: optional EMA clipping then Adam (or SGD with momentum for trajectory matching); labels and
-    the learnable lr get their own instances, unclipped. The whole thing skips non-finite updates
-    (optax.apply_if_finite), which also counts them.
+    Every image block gets its own optimizer instance (its own Adam moments and step count) at
+    ``lr · block_rates[block]`` (default rate 1): scaling Adam's learning rate, not the gradient. The
+    image meta-gradient of all blocks together is first clipped at 2 × its EMA norm (``clip``); learned
+    labels and a learnable lr get their own, unclipped instances. ``kind``: "adam" (BPTT family) or
+    "sgd" (SGD with `momentum`, trajectory matching). Non-finite updates are skipped and counted
+    (optax.apply_if_finite).
     """
+    rates = block_rates or {}
 
     def base(rate):
-        if optimizer == "adam":
-            return optax.adam(rate)
-        return optax.sgd(rate, momentum=momentum)
+        return optax.adam(rate) if kind == "adam" else optax.sgd(rate, momentum=momentum)
 
-    transforms = {
-        "images": optax.chain(clip_by_ema_norm(clip_factor, clip_decay), base(lr)) if clip else base(lr),
-        "labels": base(lr if lr_labels is None else lr_labels),
-        "lr": base(1e-5 if lr_lr is None else lr_lr),
-    }
-    labels = {k: k for k in theta}
-    inner = optax.multi_transform({k: transforms[k] for k in theta}, labels)
-    return optax.apply_if_finite(inner, max_consecutive_errors=2**30)
+    transforms = {name: base(lr * rates.get(name, 1.0)) for name in theta["images"]}
+    labels = {"images": {name: name for name in theta["images"]}}
+    for part, rate in (("labels", lr if lr_labels is None else lr_labels), ("lr", lr_lr)):
+        if part in theta:
+            transforms[part], labels[part] = base(rate), part
+    tx = optax.multi_transform(transforms, labels)
+    if clip:
+        tx = optax.chain(optax.masked(clip_by_ema_norm(), {k: k == "images" for k in theta}), tx)
+    return optax.apply_if_finite(tx, max_consecutive_errors=2**30)
 
 
 def project(theta):

@@ -107,31 +107,32 @@ def state_shardings(mesh, state, *, num_images: int | None = None):
     return jax.tree.map(one, state)
 
 
-def constrain_population(mesh, inputs, population: int):
-    """Pin the layout of the population's inputs (a tree of arrays with leading axis P) inside jit.
+def constrain_population(mesh, inputs: dict, population: int, *, rows=()):
+    """Pin the layout of the population's inputs (a dict of arrays with leading axis P) inside jit.
 
     P a multiple of the device count: members are split over 'data' (each device trains P/n inner
     networks on its own slice of the real batch). Otherwise every member runs on every device and
-    only its real batch rows (axis 1 of real_x / real_y) are split: the outer loss is data-parallel.
+    only the entries named in `rows` (the real batch, [P, rows, ...]) are split along their axis 1:
+    the outer loss is data-parallel.
     """
     if mesh is None:
         return inputs
     if population % num_devices(mesh) == 0:
         return jax.lax.with_sharding_constraint(inputs, batch_sharding(mesh))
-    params0, state0, real_x, real_y, keys, prefixes = inputs
-    rows = NamedSharding(mesh, P(None, "data"))
-    real_x, real_y = jax.lax.with_sharding_constraint((real_x, real_y), rows)
-    return params0, state0, real_x, real_y, keys, prefixes
+    split_rows = NamedSharding(mesh, P(None, "data"))
+    return {k: jax.lax.with_sharding_constraint(v, split_rows) if k in rows else v for k, v in inputs.items()}
 
 
-def jit_step(step, mesh, state, *, num_images: int | None = None):
+def jit_step(step, mesh, state, *, num_images: int | None = None, batch_sharding_kind: str | None = "data"):
     """jax.jit of an outer step(state, batch, key) -> (state, metrics) with the state donated.
 
-    With a mesh: the state per `state_shardings`, the batch split along 'data', metrics replicated.
+    With a mesh: the state per `state_shardings`, every leaf of the batch split along 'data'
+    (batch_sharding_kind "data") or replicated (None), metrics replicated.
     """
     if mesh is None:
         return jax.jit(step, donate_argnums=0)
-    rep, split = replicated(mesh), batch_sharding(mesh)
+    rep = replicated(mesh)
+    batch_sh = batch_sharding(mesh) if batch_sharding_kind == "data" else rep
     state_sh = state_shardings(mesh, state, num_images=num_images)
-    return jax.jit(step, in_shardings=(state_sh, (split, split), rep), out_shardings=(state_sh, rep),
+    return jax.jit(step, in_shardings=(state_sh, batch_sh, rep), out_shardings=(state_sh, rep),
                    donate_argnums=0)

@@ -43,17 +43,41 @@ def image_grid(images, labels, class_names, path, *, preprocessing=None, max_per
 
 
 def learning_curve(metrics: list[dict], path, *, keys=("loss", "accuracy")) -> None:
-    """Save a PNG of the given metrics against the outer step."""
+    """Save a PNG with one panel per metric in `keys` (those present in the rows) against the outer step."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
-    steps = [m["step"] for m in metrics]
+    keys = [k for k in keys if any(k in m for m in metrics)]
+    if not metrics or not keys:
+        return
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), squeeze=False)
     for ax, k in zip(axes[0], keys):
-        ax.plot(steps, [m.get(k, np.nan) for m in metrics])
-        ax.set_xlabel("meta-step"), ax.set_title(k)
+        rows = [m for m in metrics if k in m]
+        ax.plot([m["step"] for m in rows], [m[k] for m in rows], marker="." if len(rows) < 30 else None)
+        ax.set_xlabel("meta-step"), ax.set_title(k, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def accuracy_by_size(table: list[dict], path) -> None:
+    """Save a PNG of test accuracy against images per class: one line per column ending in '_mean'
+    (e.g. distilled_mean, random_real_mean), error bars from the matching '_std'."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.2, 3.0))
+    ipc = [row["ipc"] for row in table]
+    for key in [k for k in table[0] if k.endswith("_mean")]:
+        name = key[: -len("_mean")]
+        ax.errorbar(ipc, [100 * r[key] for r in table], yerr=[100 * r.get(name + "_std", 0) for r in table],
+                    marker="o", capsize=3, label=name.replace("_", " "))
+    ax.set_xlabel("images per class"), ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)

@@ -78,18 +78,16 @@ def test_scan_unroll_equals_python_loop_and_remat_is_exact():
 
 
 def test_tbptt_with_full_window_equals_full_bptt():
-    settings_kw = dict(unroll_steps=5, window=5, augment="none", real_augment="none", width=8, depth=1,
-                       model="mlp", real_batch=12, init="noise")
+    from jaxdd import truncation
+
     with jax.enable_x64(True):
         model, cfg, params, state, images, labels, real_x, real_y = _problem("adam", total=5)
-        from jaxdd.presets import Settings
-
-        s = Settings(**settings_kw)
-        assert bptt.sample_prefix(jax.random.key(0), s, "fixed") == 0
+        full, fixed = truncation.full(5), truncation.fixed(5, 5)
+        assert fixed.sample(fixed.init(), jax.random.key(0))[0] == 0
         g_full, _ = bptt.meta_gradient(model, cfg, {"images": images}, {"labels": labels}, params, state, real_x,
-                                       real_y, jax.random.key(2), bptt.sample_prefix(None, s, "full"), window=5)
+                                       real_y, jax.random.key(2), full.sample(full.init(), None)[0], window=5)
         g_fixed, _ = bptt.meta_gradient(model, cfg, {"images": images}, {"labels": labels}, params, state,
-                                        real_x, real_y, jax.random.key(2), bptt.sample_prefix(None, s, "fixed"),
+                                        real_x, real_y, jax.random.key(2), fixed.sample(fixed.init(), None)[0],
                                         window=5)
         np.testing.assert_allclose(g_full["images"], g_fixed["images"], rtol=1e-12)
 

@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from jaxdd.errors import JaxddError, require
+from jaxdd.errors import JaxddError, one_line, require
 
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm"}
@@ -38,10 +38,6 @@ TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tbz2
 ARCHIVE_SUFFIXES = TAR_SUFFIXES + (".zip",)
 CACHE_VERSION = 1
 _LAYOUT = "put images in train/<class>/<image> and test/<class>/<image>"
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
 
 
 def archive_kind(path: str | os.PathLike) -> str | None:
@@ -177,7 +173,7 @@ def _list_tar(path: Path) -> tuple[dict, set]:
         if not isinstance(e, (tarfile.TarError, OSError, EOFError, *_compression_errors())):
             raise e
         raise JaxddError(
-            f"cannot read archive {path}: {_one_line(e) or type(e).__name__}: check that the file is a complete tar archive"
+            f"cannot read archive {path}: {one_line(e) or type(e).__name__}: check that the file is a complete tar archive"
         ) from None
     return files, dirs
 
@@ -204,7 +200,7 @@ def _list_zip(path: Path) -> tuple[dict, set]:
                     files[parts] = zf.read(info)
                     _add_parents(dirs, parts)
     except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise JaxddError(f"cannot read archive {path}: {_one_line(e)}: check that the file is a complete zip archive") from None
+        raise JaxddError(f"cannot read archive {path}: {one_line(e)}: check that the file is a complete zip archive") from None
     return files, dirs
 
 
@@ -271,7 +267,7 @@ def _decode_image(src, name: str) -> np.ndarray:
     except JaxddError:
         raise
     except Exception as e:  # Pillow raises many kinds (UnidentifiedImageError, OSError, SyntaxError...)
-        raise JaxddError(f"cannot read image {name}: {_one_line(e)}: fix or remove the file") from None
+        raise JaxddError(f"cannot read image {name}: {one_line(e)}: fix or remove the file") from None
     return arr
 
 
@@ -395,7 +391,7 @@ def _read_cache(file: Path) -> dict | None:
         with np.load(file, allow_pickle=False) as z:
             return {k: z[k] for k in _KEYS}
     except Exception as e:  # a torn or foreign file: decode again and overwrite it
-        warnings.warn(f"jaxdd: ignoring unreadable cache {file} ({_one_line(e)}); decoding the images again")
+        warnings.warn(f"jaxdd: ignoring unreadable cache {file} ({one_line(e)}); decoding the images again")
         return None
 
 
@@ -407,7 +403,7 @@ def _write_cache(file: Path, arrays: dict) -> None:
             np.savez(f, **arrays)
         os.replace(tmp, file)
     except OSError as e:
-        warnings.warn(f"jaxdd: could not write the cache {file} ({_one_line(e)}); set cache_dir or JAXDD_CACHE_DIR")
+        warnings.warn(f"jaxdd: could not write the cache {file} ({one_line(e)}); set cache_dir or JAXDD_CACHE_DIR")
         try:
             tmp.unlink()
         except OSError:

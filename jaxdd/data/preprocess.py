@@ -6,7 +6,7 @@ statistics and the eigendecomposition), and stored as frozen dataclasses of floa
 use ``reshape``, ``@`` and elementwise operations, plus a norm for the KIP variant), so they can be
 called inside jitted code or on distilled images for display.
 
-ZCA variants (ALGORITHMS.md §7.3):
+ZCA variants (docs/data.md):
 
 ``"zca"`` (KIP / RaT-BPTT / FRePo): each image has its own mean removed and is scaled to unit L2 norm;
     then ``Σ = XᵀX / n`` over the training images, ``Σ = V diag(e) Vᵀ`` and

@@ -17,11 +17,7 @@ import os
 
 import numpy as np
 
-from jaxdd.errors import JaxddError, require
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
+from jaxdd.errors import JaxddError, one_line, require
 
 
 def _prepare_hint(name: str) -> str:
@@ -71,7 +67,7 @@ def load_tfds_raw(name: str, data_dir: str | os.PathLike | None = None) -> dict:
         import tensorflow_datasets as tfds
     except ImportError as e:
         raise JaxddError(
-            f"tfds:{name} needs tensorflow-datasets ({_one_line(e)}): pip install tensorflow-datasets"
+            f"tfds:{name} needs tensorflow-datasets ({one_line(e)}): pip install tensorflow-datasets"
         ) from None
     absl_logger = logging.getLogger("absl")
     old_level = absl_logger.level

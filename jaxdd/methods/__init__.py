@@ -1,0 +1,10 @@
+"""Distillation methods behind one interface (jaxdd/methods/base.py) and their registry.
+
+    jaxdd.methods.get(name) -> MethodSpec      jaxdd.methods.available() -> names
+    jaxdd.methods.register(MethodSpec(...))    (a method of your own; see README "Adding a method")
+"""
+
+from jaxdd.methods.base import (Context, DistillState, Method, MethodSpec, available, get, register,  # noqa: F401
+                                unregister)
+from jaxdd.methods import bptt  # noqa: F401,E402  (registers bptt, tbptt, rat-bptt)
+from jaxdd.methods import boost  # noqa: F401,E402

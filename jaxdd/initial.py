@@ -1,0 +1,62 @@
+"""Initial synthetic sets: strategies by name (noise, real) or a file, class-major (row = class·IPC + j).
+
+A method that starts elsewhere (SelMatch's selection by difficulty scores) registers a strategy in
+`STRATEGIES`: fn(dataset, ipc, key, noise_scale) -> (images float32 [C·IPC, H, W, C], labels int32).
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from jaxdd.errors import require
+
+
+def real(dataset, ipc: int, key, noise_scale: str = "real"):
+    """Random real training images, `ipc` per class (seeded by `key`)."""
+    from jaxdd.evaluation import random_real
+
+    seed = int(jax.random.randint(key, (), 0, 2**30))
+    images, labels = random_real(dataset, ipc, seed=seed)  # also validates ipc against the class sizes
+    return images.astype(np.float32), labels
+
+
+def noise(dataset, ipc: int, key, noise_scale: str = "real"):
+    """Gaussian noise, each image scaled to unit L2 norm ("unit": RaT-BPTT's authors, on ZCA data) or
+    to the mean L2 norm of real training images ("real": the same relative scale on any preprocessing)."""
+    images, labels = real(dataset, ipc, key)  # the class layout (and the ipc check)
+    noise = np.asarray(jax.random.normal(key, images.shape), np.float32)
+    norms = np.linalg.norm(noise.reshape(len(noise), -1), axis=1).reshape(-1, 1, 1, 1)
+    target = 1.0
+    if noise_scale == "real":
+        sample = np.asarray(dataset.x_train[:1000]).reshape(min(1000, len(dataset.x_train)), -1)
+        target = float(np.linalg.norm(sample, axis=1).mean())
+    return (noise / norms * target).astype(np.float32), labels
+
+
+def from_file(path: str, dataset, ipc: int):
+    """The first `ipc` images per class of a distilled.npz (class-major), checked against `dataset`."""
+    from jaxdd import rundir
+
+    saved = rundir.load_distilled(path)
+    images, labels = np.asarray(saved["images"], np.float32), np.asarray(saved["labels"])
+    hard = labels.argmax(-1) if labels.ndim == 2 else labels
+    require(images.shape[1:] == tuple(dataset.image_shape),
+            f"--init {path}: images of shape {images.shape[1:]} do not fit the data set's {tuple(dataset.image_shape)}")
+    rows = [np.flatnonzero(hard == c)[:ipc] for c in range(dataset.num_classes)]
+    short = [c for c, r in enumerate(rows) if len(r) < ipc]
+    require(not short, f"--init {path}: class {short[:1]} has fewer than --ipc {ipc} images: "
+                       f"use --ipc {min(len(r) for r in rows)} or another file")
+    idx = np.concatenate(rows)
+    return images[idx], np.repeat(np.arange(dataset.num_classes, dtype=np.int32), ipc)
+
+
+STRATEGIES = {"noise": noise, "real": real}
+
+
+def initial_set(dataset, ipc: int, how: str, key, *, noise_scale: str = "real"):
+    """(images, labels) to start from: a strategy in STRATEGIES or a path to a distilled.npz."""
+    if how in STRATEGIES:
+        return STRATEGIES[how](dataset, ipc, key, noise_scale)
+    require(str(how).endswith(".npz"), f"unknown --init '{how}': use {', '.join(STRATEGIES)} or a distilled.npz")
+    return from_file(how, dataset, ipc)

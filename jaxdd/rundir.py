@@ -1,0 +1,154 @@
+"""The run directory: the one module that writes and reads a run's files.
+
+    DIR/settings.json     what the run was made with (method, ipc, seed, data set, steps, settings)
+    DIR/metrics.jsonl     one JSON row per outer step (and evaluation numbers where there were any)
+    DIR/distilled.npz     images, labels, row_block, lr (where learned), settings JSON, class names
+    DIR/grid.png          the images, un-whitened, one row per class
+    DIR/curves.png        loss, accuracy, window placement and validation accuracy against meta-steps
+    DIR/report.json       a method's extra results (Boost-DD: every prefix's accuracy; report.png plots it)
+    DIR/checkpoints/      Orbax checkpoints of the whole state (jaxdd/checkpoint.py)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+
+import numpy as np
+
+from jaxdd.errors import JaxddError, require
+
+SETTINGS, METRICS, DISTILLED, GRID, CURVES = "settings.json", "metrics.jsonl", "distilled.npz", "grid.png", "curves.png"
+REPORT, REPORT_PLOT, CHECKPOINTS = "report.json", "report.png", "checkpoints"
+RESULTS = (DISTILLED, GRID, CURVES, REPORT, REPORT_PLOT, METRICS, SETTINGS)
+CURVE_KEYS = ("loss", "accuracy", "prefix", "window", "val_accuracy")
+
+
+def path(out: str, name: str) -> str:
+    return os.path.join(out, name)
+
+
+def check_writable(out: str) -> None:
+    """One-line errors for an --out that cannot be a run folder."""
+    probe = os.path.abspath(out)
+    while probe and not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    require(os.path.isdir(probe), f"--out {out}: {probe} is a file, not a folder: choose another --out")
+    require(os.access(probe, os.W_OK), f"--out {out}: no permission to write in {probe}: choose another --out")
+
+
+def holds_results(out: str) -> list[str]:
+    """The result files already in `out`."""
+    return [name for name in RESULTS if os.path.exists(path(out, name))]
+
+
+def read_settings(out: str) -> dict | None:
+    file = path(out, SETTINGS)
+    if not os.path.exists(file):
+        return None
+    try:
+        with open(file) as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise JaxddError(f"{file} is damaged (not JSON): restore it or start a new run with another --out") from None
+
+
+def write_settings(out: str, record: dict) -> None:
+    _atomic_write(path(out, SETTINGS), json.dumps(record, indent=1))
+
+
+def read_metrics(out: str, upto: int) -> list[dict]:
+    """The metrics rows of steps <= upto; a torn last line (a kill mid-write) is dropped."""
+    file = path(out, METRICS)
+    if not os.path.exists(file):
+        return []
+    rows = []
+    with open(file) as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return [r for r in rows if r.get("step", 0) <= upto]
+
+
+def write_metrics(out: str, rows: list[dict]) -> None:
+    _atomic_write(path(out, METRICS), "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def append_metrics(out: str, row: dict) -> None:
+    with open(path(out, METRICS), "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def write_distilled(out: str, arrays: dict, record: dict, class_names, preprocessing=None) -> None:
+    """DIR/distilled.npz (arrays + the record as JSON + class names) and DIR/grid.png."""
+    from jaxdd.viz import image_grid
+
+    payload = dict(arrays, settings=json.dumps(record), class_names=np.asarray(class_names))
+    tmp = path(out, DISTILLED + ".tmp.npz")
+    np.savez(tmp, **payload)
+    os.replace(tmp, path(out, DISTILLED))
+    image_grid(arrays["images"], arrays["labels"], class_names, path(out, GRID), preprocessing=preprocessing,
+               title=f"{record.get('method')} IPC {record.get('ipc')} on {record.get('dataset')}")
+
+
+def write_curves(out: str, rows: list[dict], keys=CURVE_KEYS) -> None:
+    """DIR/curves.png from the metrics rows."""
+    from jaxdd.viz import learning_curve
+
+    learning_curve(rows, path(out, CURVES), keys=keys)
+
+
+def write_report(out: str, report: dict) -> None:
+    """DIR/report.json, and DIR/report.png for a table of accuracies by size (rows with 'ipc')."""
+    _atomic_write(path(out, REPORT), json.dumps(report, indent=1))
+    table = report.get("prefix_table")
+    if table:
+        from jaxdd.viz import accuracy_by_size
+
+        accuracy_by_size(table, path(out, REPORT_PLOT))
+
+
+def load_distilled(file: str) -> dict:
+    """Read a distilled.npz: {'images', 'labels', 'lr' (float or None), 'settings' (dict or None),
+    'row_block' (or None), 'path'}; a run folder is accepted for its distilled.npz."""
+    if not os.path.exists(file):
+        raise JaxddError(f"no such file: {file}: give the distilled.npz written by 'jaxdd distill'")
+    if os.path.isdir(file):
+        candidate = path(file, DISTILLED)
+        if not os.path.exists(candidate):
+            raise JaxddError(f"{file} is a folder without distilled.npz: give the path of the .npz file")
+        file = candidate
+    try:
+        with np.load(file, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise JaxddError(f"cannot read {file} as an .npz file ({type(err).__name__}): give the distilled.npz "
+                         f"written by 'jaxdd distill'") from None
+    missing = [k for k in ("images", "labels") if k not in arrays]
+    if missing:
+        raise JaxddError(f"{file} has no {' and no '.join(repr(m) for m in missing)} array (it has: "
+                         f"{', '.join(sorted(arrays)) or 'nothing'}): save images [N,H,W,C] and labels [N] or [N,C]")
+    lr = None
+    if "lr" in arrays:
+        lr_arr = np.asarray(arrays["lr"], dtype=np.float64)
+        if lr_arr.size != 1 or not np.isfinite(lr_arr).all() or float(lr_arr.reshape(())) <= 0:
+            raise JaxddError(f"{file}: 'lr' must be one positive number, got {lr_arr.ravel()[:3].tolist()}")
+        lr = float(lr_arr.reshape(()))
+    settings = None
+    if "settings" in arrays:
+        try:
+            settings = json.loads(str(arrays["settings"]))
+        except json.JSONDecodeError:
+            raise JaxddError(f"{file}: 'settings' is not valid JSON: save json.dumps(settings) as a string") from None
+    return {"images": arrays["images"], "labels": arrays["labels"], "lr": lr, "settings": settings,
+            "row_block": arrays.get("row_block"), "path": file}
+
+
+def _atomic_write(file: str, text: str) -> None:
+    tmp = file + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, file)

@@ -1,0 +1,68 @@
+"""Settings shared by every method (one frozen dataclass); each method extends it with its own fields.
+
+Every field is a command-line option of `jaxdd distill` (``outer_lr`` -> ``--outer-lr``) with the
+help text in its metadata; `jaxdd distill --method M --help` lists the fields of M's settings type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from jaxdd.errors import require
+
+INITS = ("noise", "real")
+NORMALIZE = ("standardize", "zca", "zca-mtt", "none")
+
+
+def setting(default, help: str):
+    """A settings field with its help text (shown by `jaxdd distill --help`)."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclasses.dataclass(frozen=True)
+class CommonSettings:
+    """What every distillation method has: the initial set, the outer rate, the network, data and driver."""
+
+    # the synthetic set
+    init: str = setting("noise", "initial images: noise | real (random real images) | a path to a distilled.npz")
+    noise_scale: str = setting("real", "noise init: each image scaled to the real images' mean L2 norm (real) "
+                                       "or to unit L2 norm (unit, as RaT-BPTT's authors on ZCA data)")
+    outer_lr: float = setting(1e-3, "outer learning rate on the synthetic images")
+    # the network
+    model: str = setting("convnet", "network: convnet | convnet_bn | convnet_nonorm | mlp | resnet18")
+    width: int = setting(128, "network width (channels)")
+    depth: int = setting(0, "network depth (0: the deepest <= 3 the image size allows)")
+    norm: str = setting("instance", "ConvNet normalisation: instance | batch | none")
+    # data and driver
+    normalize: str = setting("standardize", "pixel preprocessing: standardize | zca | zca-mtt | none")
+    val_fraction: float = setting(0.1, "held out of the training data for choices and periodic evaluation")
+    eval_every: int = setting(0, "meta-steps between validation evaluations (0: only at the end)")
+    eval_steps: int = setting(300, "training steps of each evaluation network")
+    eval_models: int = setting(4, "networks trained per evaluation")
+    shard_images: bool = setting(False, "split the synthetic set and its optimizer state over the devices along "
+                                        "the image axis (large IPC x classes)")
+    checkpoint_every: int = setting(100, "meta-steps between checkpoints (and after the last step, and on Ctrl-C)")
+
+    def validate(self, ipc: int) -> "CommonSettings":
+        """One-line errors for values no method accepts; methods add their own checks."""
+        require(self.init in INITS or self.init.endswith(".npz"),
+                f"unknown --init '{self.init}': use noise, real or a path to a distilled.npz")
+        require(not self.init.endswith(".npz") or os.path.isfile(self.init),
+                f"--init {self.init}: no such file: give a distilled.npz written by 'jaxdd distill'")
+        require(self.noise_scale in ("real", "unit"), f"unknown --noise-scale '{self.noise_scale}': use real or unit")
+        require(self.outer_lr > 0, "--outer-lr must be positive")
+        require(self.normalize in NORMALIZE, f"unknown --normalize '{self.normalize}': use {', '.join(NORMALIZE)}")
+        require(0 <= self.val_fraction < 1, f"--val-fraction must lie in [0, 1), got {self.val_fraction}")
+        require(self.eval_every == 0 or self.val_fraction > 0,
+                "--eval-every needs a validation split: set --val-fraction above 0 (e.g. 0.1)")
+        require(self.eval_models >= 1, "--eval-models must be at least 1")
+        require(self.checkpoint_every >= 1, "--checkpoint-every must be at least 1")
+        return self
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
