@@ -42,6 +42,9 @@ class InnerConfig:
     optimizer: str = "adam"
     lr: float = 1e-3  # used unless theta carries a learnable "lr"
     momentum: float = 0.9
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
     eps_root: float = 1e-8  # > 0, or the meta-gradient through optax's Adam is NaN at exactly-zero gradients
     ipc: int = 1
     num_classes: int = 10
@@ -62,7 +65,7 @@ class InnerConfig:
 def direction(cfg: InnerConfig) -> optax.GradientTransformation:
     """The inner optimizer without its learning rate: updates are ``-lr * direction``."""
     if cfg.optimizer == "adam":
-        return optax.scale_by_adam(eps_root=cfg.eps_root)
+        return optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, eps_root=cfg.eps_root)
     if cfg.optimizer == "momentum":
         return optax.trace(decay=cfg.momentum)
     return optax.identity()
