@@ -119,7 +119,7 @@ def sample_inner_batch(key, cfg: InnerConfig):
 def init_carry(params, model_state, cfg: InnerConfig) -> InnerState:
     """Fresh inner state: optimizer state from `direction(cfg)`, step 0, zeroed statistics."""
     return InnerState(params, model_state, direction(cfg).init(params), jnp.zeros((), jnp.int32),
-                      jnp.zeros((cfg.total_steps,), jnp.float32))
+                      jnp.zeros((max(cfg.total_steps, 1),), jnp.float32))
 
 
 def make_step(model: Model, cfg: InnerConfig, consts, *, grad_map: GradMap | None = None,
@@ -146,7 +146,7 @@ def make_step(model: Model, cfg: InnerConfig, consts, *, grad_map: GradMap | Non
         gnorm = jax.lax.stop_gradient(optax.tree.norm(grads)).astype(carry.grad_norms.dtype)
         updates, opt_state = opt.update(grads, carry.opt_state, carry.params)
         params = jax.tree.map(lambda p, u: p - lr * u, carry.params, updates)
-        norms = carry.grad_norms.at[jnp.minimum(carry.t, cfg.total_steps - 1)].set(gnorm)
+        norms = carry.grad_norms.at[jnp.minimum(carry.t, carry.grad_norms.shape[0] - 1)].set(gnorm)
         return InnerState(params, new_state, opt_state, carry.t + 1, norms)
 
     return step
