@@ -1,0 +1,181 @@
+"""Trajectory matching (MTT, Cazenavette et al. CVPR 2022; DATM refinements): docs/methods/matching.md.
+
+Each outer step picks an expert trajectory (networks trained on the real data, jaxdd/experts.py) and a
+start epoch t; from θ_0 = τ_t it trains N SGD steps on the synthetic set with a learnable scalar lr
+and matches the expert M epochs later: L = ‖θ_N − τ_{t+M}‖² / ‖τ_t − τ_{t+M}‖². The N steps are the
+unroll core's window (full BPTT with remat); images and lr are updated by SGD with momentum.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.flatten_util import ravel_pytree
+
+from jaxdd import inner, outer
+from jaxdd.errors import require
+from jaxdd.methods.base import Method, MethodSpec, new_state, register
+from jaxdd.settings import CommonSettings, setting
+from jaxdd.unroll import run_window
+
+
+@dataclasses.dataclass(frozen=True)
+class MatchingSettings(CommonSettings):
+    """Trajectory matching settings on top of the common ones (outer_lr is the images' SGD rate)."""
+
+    syn_steps: int = setting(20, "N: inner SGD steps on the synthetic set per outer step")
+    expert_epochs: int = setting(2, "M: the target is the expert M epochs after the start")
+    min_start_epoch: int = setting(0, "smallest start epoch t")
+    max_start_epoch: int = setting(10, "T+: start epochs t ~ U[min_start_epoch, T+)")
+    max_start_epoch_end: int = setting(0, "DATM: grow T+ linearly to this value over the run (0: constant)")
+    max_loss: float = setting(0.0, "DATM: skip updates whose matching loss exceeds this (0: never skip)")
+    lr_lr: float = setting(1e-5, "SGD rate of the learnable inner lr")
+    syn_lr: float = setting(0.01, "initial value of the learnable inner lr")
+    momentum: float = setting(0.5, "momentum of the outer SGD (images and lr)")
+    batch_syn: int = setting(0, "synthetic images per inner step, class-balanced (0: the whole set)")
+    augment: str = setting("dsa", "augmentation of the synthetic inner batches (per-sample DSA)")
+    remat: str = setting("full", "rematerialisation of the inner step: full | dots | none")
+    experts: str = setting("", "folder of expert trajectories ('': train them, cached by data set and settings)")
+    num_experts: int = setting(5, "experts to train when --experts is not given")
+    expert_train_epochs: int = setting(15, "epochs of each expert when they are trained here")
+    expert_dtype: str = setting("float32", "storage of expert snapshots: float32 | float16 | bfloat16")
+    expert_augment: str = setting("dsa", "augmentation of the experts' training batches")
+
+    def validate(self, ipc: int) -> "MatchingSettings":
+        super().validate(ipc)
+        require(self.syn_steps >= 1, "--syn-steps must be at least 1")
+        require(self.expert_epochs >= 1, "--expert-epochs must be at least 1")
+        require(0 <= self.min_start_epoch < self.max_start_epoch,
+                f"--min-start-epoch {self.min_start_epoch} must be below --max-start-epoch {self.max_start_epoch}")
+        require(self.syn_lr > 0 and self.lr_lr >= 0, "--syn-lr must be positive and --lr-lr non-negative")
+        require(self.remat in ("full", "dots", "none"), f"unknown --remat '{self.remat}': use full, dots or none")
+        require(self.expert_dtype in ("float32", "float16", "bfloat16"),
+                f"unknown --expert-dtype '{self.expert_dtype}': use float32, float16 or bfloat16")
+        return self
+
+
+def matching_loss(end_flat, start_flat, target_flat):
+    """‖θ_N − θ*‖² / ‖θ_0 − θ*‖² over flat parameter vectors."""
+    return jnp.sum((end_flat - target_flat) ** 2) / jnp.sum((start_flat - target_flat) ** 2)
+
+
+def match(model, cfg: inner.InnerConfig, theta, consts, start_flat, target_flat, unravel, model_state0, key, *,
+          remat="full"):
+    """(loss, end parameters) of N = cfg.total_steps inner SGD steps from the expert's start point."""
+    dtype = jax.dtypes.canonicalize_dtype(jnp.float64)  # float32, or float64 under x64
+    start_flat, target_flat = start_flat.astype(dtype), target_flat.astype(dtype)
+    step = inner.make_step(model, cfg, consts)
+    params0 = unravel(start_flat)
+    carry = inner.init_carry(params0, model_state0, cfg)
+    xs = jax.random.split(key, cfg.total_steps)
+    end = run_window(step, carry, theta, xs, start=0, window=cfg.total_steps, remat=False if remat == "none" else remat)
+    end_flat, _ = ravel_pytree(end.params)
+    return matching_loss(end_flat, start_flat, target_flat), end
+
+
+def start_bound(settings: MatchingSettings, n, total_steps: int) -> int:
+    """T+ at outer step n: constant, or grown linearly to max_start_epoch_end (DATM)."""
+    if not settings.max_start_epoch_end or total_steps <= 1:
+        return settings.max_start_epoch
+    grow = (settings.max_start_epoch_end - settings.max_start_epoch) * n / (total_steps - 1)
+    return int(round(settings.max_start_epoch + grow))
+
+
+def build(ctx) -> Method:
+    from jaxdd import experts as experts_lib
+
+    s, model = ctx.settings, ctx.model
+    store = experts_lib.for_run(ctx)
+    require(s.max_start_epoch + s.expert_epochs <= store.num_epochs,
+            f"--max-start-epoch {s.max_start_epoch} + --expert-epochs {s.expert_epochs} exceeds the experts' "
+            f"{store.num_epochs} epochs: lower them or train longer experts")
+    params_like, state_like = model.init(jax.random.key(0))
+    _, unravel = ravel_pytree(params_like)
+    per_class = max(1, s.batch_syn // ctx.num_classes) if s.batch_syn else None
+    cfg = inner.InnerConfig(optimizer="sgd", lr=s.syn_lr, ipc=ctx.ipc, num_classes=ctx.num_classes,
+                            per_class=min(per_class, ctx.ipc) if per_class else None, augment=s.augment,
+                            total_steps=s.syn_steps)
+
+    def optimizer(theta):
+        return outer.outer_optimizer(theta, lr=s.outer_lr, lr_lr=s.lr_lr, clip=False, kind="sgd", momentum=s.momentum)
+
+    def init(key, theta, consts):
+        theta = dict(theta, lr=jnp.asarray(s.syn_lr, jnp.float32))
+        return new_state(theta, consts, optimizer, key, jnp.zeros((), jnp.int32))
+
+    def step(state, batch, key):
+        start, target = batch
+
+        def loss_fn(theta):
+            loss, _ = match(model, cfg, theta, state.consts, start, target, unravel, state_like, key, remat=s.remat)
+            return loss
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.theta)
+        opt = optimizer(state.theta)
+        updates, opt_state = opt.update(grads, state.opt_state, state.theta)
+        theta = outer.project(optax.apply_updates(state.theta, updates))
+        keep = (loss <= s.max_loss) if s.max_loss > 0 else jnp.asarray(True)
+        theta, opt_state = jax.tree.map(lambda new, old: jnp.where(keep, new, old), (theta, opt_state),
+                                        (state.theta, state.opt_state))
+        skipped = 1 - (keep & opt_state.last_finite).astype(jnp.int32)
+        new = dataclasses.replace(state, theta=theta, opt_state=opt_state, step=state.step + 1,
+                                  method_state=state.method_state + skipped)
+        return new, dict(loss=loss, grad_norm=optax.tree.norm(grads), syn_lr=theta["lr"], skipped=skipped,
+                         skipped_total=new.method_state)
+
+    def batch(n, key):
+        """(τ_t, τ_{t+M}) of a random expert and start epoch, read from the store (host side)."""
+        rng = np.random.default_rng(np.asarray(jax.random.key_data(key)))
+        upper = min(start_bound(s, n, ctx.steps), store.num_epochs - s.expert_epochs + 1)
+        expert = int(rng.integers(store.num_experts))
+        t = int(rng.integers(s.min_start_epoch, max(s.min_start_epoch + 1, upper)))
+        return (jnp.asarray(store.snapshot(expert, t)), jnp.asarray(store.snapshot(expert, t + s.expert_epochs)))
+
+    return Method(init, step, batch, batch_sharding=None)
+
+
+def evaluation(s: MatchingSettings) -> dict:
+    """The MTT protocol (SGD momentum 0.9, wd 5e-4, the learned lr, lr x 0.1 at half) at the run's budget."""
+    return dict(protocol="mtt", model=s.model, width=s.width, depth=s.depth or None, norm=s.norm,
+                steps=s.eval_steps, num_models=s.eval_models, augment="none" if s.augment == "none" else "dsa",
+                use_learned_lr=True)
+
+
+# MTT paper (CIFAR): (dataset, ipc) -> (N, M, T+, zca, lr_img, lr_lr); the code's defaults N 20, M 3, T+ 25.
+PUBLISHED = {
+    ("cifar10", 1): (50, 2, 2, True, 1e3, 1e-7),
+    ("cifar10", 10): (30, 2, 20, True, 1e3, 1e-5),
+    ("cifar10", 50): (30, 2, 40, False, 1e3, 1e-5),
+    ("cifar100", 1): (20, 3, 20, True, 1e3, 1e-5),
+    ("cifar100", 10): (20, 2, 20, False, 1e3, 1e-5),
+    ("cifar100", 50): (80, 2, 40, True, 1e3, 1e-5),
+}
+# CPU sizes: a handful of short experts (digits: 8x8 standardized pixels, no augmentation).
+SMALL = {
+    "digits": dict(syn_steps=20, expert_epochs=2, max_start_epoch=8, outer_lr=100.0, lr_lr=1e-5, syn_lr=0.01,
+                   num_experts=5, expert_train_epochs=15, augment="none", expert_augment="none", init="real"),
+    "images32": dict(syn_steps=20, expert_epochs=2, max_start_epoch=8, outer_lr=100.0, lr_lr=1e-5, syn_lr=0.01,
+                     num_experts=5, expert_train_epochs=15, augment="dsa", expert_augment="dsa", init="real"),
+}
+
+
+def presets(dataset_key: str, ipc: int, published: bool) -> dict:
+    if not published:
+        return dict(SMALL["digits" if dataset_key == "digits" else "images32"])
+    require((dataset_key, ipc) in PUBLISHED, "no published MTT preset for "
+            f"{dataset_key} IPC {ipc}: known are " + ", ".join(f"{k} IPC {i}" for k, i in PUBLISHED))
+    n, m, t_max, zca, lr_img, lr_lr = PUBLISHED[(dataset_key, ipc)]
+    return dict(syn_steps=n, expert_epochs=m, max_start_epoch=t_max, normalize="zca-mtt" if zca else "standardize",
+                outer_lr=lr_img, lr_lr=lr_lr, syn_lr=0.01, width=128, depth=3, num_experts=100,
+                expert_train_epochs=50, expert_dtype="float16", init="real", eval_steps=5000, eval_models=5,
+                val_fraction=0.0)
+
+
+register(MethodSpec(
+    name="mtt", summary="trajectory matching: N SGD steps on the set match an expert's M epochs",
+    settings=MatchingSettings, build=build, presets=presets, evaluation=evaluation,
+    default_steps=lambda key: 300 if key == "digits" else 200))
