@@ -141,7 +141,14 @@ def add_distill_parser(subparsers, method: str = "rat-bptt") -> argparse.Argumen
     p.add_argument("--devices", type=_positive_int, default=None, metavar="N",
                    help="devices to shard the population, real batch and evaluation over (default: all)")
     p.add_argument("--distributed", action="store_true",
-                   help="multi-host: call jax.distributed.initialize() first (SLURM, TPU pod slice; see README)")
+                   help="several processes / hosts: call jax.distributed.initialize() first (SLURM and TPU pod "
+                        "slices need nothing more; elsewhere add the three options below; see README)")
+    p.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="with --distributed: address of process 0's coordinator service")
+    p.add_argument("--num-processes", type=_positive_int, default=None, metavar="N",
+                   help="with --distributed: number of processes in the run")
+    p.add_argument("--process-id", type=_nonnegative_int, default=None, metavar="I",
+                   help="with --distributed: this process's index in [0, N)")
     add_data_arguments(p, normalize=False)  # --normalize is one of the settings below
     spec = methods.get(method) if method in methods.available() else methods.get("rat-bptt")
     settings = p.add_argument_group(f"settings of --method {spec.name} (default: the preset's value)")
@@ -171,7 +178,9 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from jaxdd.distillation import distill
 
     if args.distributed:
-        parallel.initialize_distributed()
+        parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    elif any(v is not None for v in (args.coordinator, args.num_processes, args.process_id)):
+        raise JaxddError("--coordinator, --num-processes and --process-id need --distributed")
     names = args.settings_type.field_names()
     overrides = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
     out = args.out or os.path.join("runs", re.sub(r"[^A-Za-z0-9_.]+", "_", presets.dataset_key(args.dataset))
@@ -180,6 +189,10 @@ def cmd_distill(args: argparse.Namespace) -> int:
     result = distill(args.dataset, args.method, args.ipc, args.steps, out=out, seed=args.seed, resume=args.resume,
                      overwrite=args.overwrite, progress=not args.no_progress, final_eval=not args.no_eval,
                      published=args.published, mesh=mesh, cache_dir=args.cache_dir, **overrides)
+    import jax
+
+    if jax.process_index() != 0:  # several processes: process 0 reports
+        return 0
     last = result.metrics[-1] if result.metrics else {}
     print(f"{args.method} IPC {args.ipc} on {args.dataset}: {len(result.metrics)} steps recorded, last outer loss "
           f"{last.get('loss', float('nan')):.4f}, {int(last.get('skipped_total', 0))} skipped updates; wrote {out}/")

@@ -389,8 +389,8 @@ def evaluate(images, labels, dataset, *, protocol: str | Protocol = "ratbptt", m
     x_dev, t_dev = jnp.asarray(images), jnp.asarray(targets)
     if mesh is not None and k % parallel.num_devices(mesh) == 0:
         # the computation follows its inputs: models split over 'data', the set replicated
-        carry, keys = jax.device_put((carry, keys), parallel.batch_sharding(mesh))
-        x_dev, t_dev = jax.device_put((x_dev, t_dev), parallel.replicated(mesh))
+        carry, keys = parallel.put((carry, keys), parallel.batch_sharding(mesh))
+        x_dev, t_dev = parallel.put((x_dev, t_dev), parallel.replicated(mesh))
     lr_dev = jnp.float32(proto.lr)
     num_chunks = min(20, total) if progress else 1
     bounds = np.linspace(0, total, num_chunks + 1).round().astype(int) if total else np.array([0, 0])
@@ -410,7 +410,8 @@ def evaluate(images, labels, dataset, *, protocol: str | Protocol = "ratbptt", m
             bar.close()
     params, state, _ = carry
     xs, ys, ms = _chunks(np.asarray(x_eval, np.float32), np.asarray(y_eval, np.int32), EVAL_CHUNK)
-    correct = np.asarray(_scorer(net)(params, state, jnp.asarray(xs), jnp.asarray(ys), jnp.asarray(ms)))
+    correct = _scorer(net)(params, state, jnp.asarray(xs), jnp.asarray(ys), jnp.asarray(ms))
+    correct = np.asarray(parallel.gather(correct))
     accuracies = correct / float(len(y_eval))
     seconds = time.perf_counter() - start_time
     return {

@@ -22,17 +22,33 @@ __all__ = ["make_mesh", "num_devices", "put", "replicated", "batch_sharding", "p
            "state_shardings", "constrain_population", "check_divisible", "jit_step", "initialize_distributed"]
 
 
-def initialize_distributed() -> None:
-    """Join a multi-host run (`jax.distributed.initialize`, which reads SLURM / TPU / env settings).
-
-    Call before any other JAX work; afterwards `jax.devices()` lists every host's devices.
+def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+    """Join a multi-process run (`jax.distributed.initialize`): on SLURM or a TPU pod slice the
+    arguments are read from the environment; elsewhere give the coordinator's host:port, the number of
+    processes and this process's id (also JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).
+    CPU devices talk through gloo collectives. Call before any other JAX work; afterwards
+    `jax.devices()` lists every process's devices.
     """
+    import os
+
+    coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    num_processes = num_processes if num_processes is not None else _env_int("JAX_NUM_PROCESSES")
+    process_id = process_id if process_id is not None else _env_int("JAX_PROCESS_ID")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
-        jax.distributed.initialize()
+        jax.distributed.initialize(coordinator, num_processes, process_id)
     except (RuntimeError, ValueError) as err:
         raise JaxddError("jax.distributed.initialize failed (" + " ".join(str(err).split())[:200]
                          + "): run under SLURM or on a TPU pod slice, or set JAX_COORDINATOR_ADDRESS, "
                            "JAX_NUM_PROCESSES and JAX_PROCESS_ID") from None
+
+
+def _env_int(name: str) -> int | None:
+    import os
+
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else None
 
 
 def make_mesh(devices: int | None = None) -> jax.sharding.Mesh:
@@ -79,10 +95,21 @@ def put(tree, shardings):
         return jax.tree.map(lambda x, s: put(x, s), tree, shardings)
 
     def one(x):
+        if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):  # typed PRNG keys
+            return jax.random.wrap_key_data(one(jax.random.key_data(x)), impl=jax.random.key_impl(x))
         host = np.asarray(jax.device_get(x))
         return jax.make_array_from_callback(host.shape, shardings, lambda index: host[index])
 
     return jax.tree.map(one, tree)
+
+
+def gather(x):
+    """A host numpy copy of a (possibly several processes') array: every process gets all of it."""
+    if jax.process_count() == 1 or x.is_fully_addressable:
+        return np.asarray(jax.device_get(x))
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def put_dataset(mesh, x, y):
