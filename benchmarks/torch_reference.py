@@ -11,6 +11,10 @@ does the same with `torch.func.functional_call`:
   → linear. NCHW / OIHW layout (torch's), converted from jaxdd's NHWC / HWIO by `params_from_jaxdd`.
 - `adam_update`: optax.scale_by_adam(b1, b2, eps, eps_root) followed by ``p - lr * update``:
   mu ← b1·mu + (1−b1)·g, nu ← b2·nu + (1−b2)·g², update = m̂ / (√(v̂ + eps_root) + eps).
+- `torch_adam_update`: torch.optim.Adam's step written differentiably (eps outside the root, bias
+  corrections in float64 on the host, as torch computes them), with the gradient of v masked to zero
+  where v = 0, as `higher`'s differentiable Adam does (jaxdd.optim.scale_by_torch_adam's counterpart).
+  `meta_gradient(..., adam="torch")` selects it; the default ``adam="optax"`` is `adam_update`.
 - `meta_gradient`: a fresh Adam state, `prefix` inner steps without gradient, `window` inner steps
   with ``create_graph=True``, the outer mean cross-entropy on a real batch, and its gradient with
   respect to the synthetic images. Each inner batch is the whole synthetic set in class-major order
@@ -126,10 +130,41 @@ def adam_update(params, grads, mu, nu, count: int, *, lr: float, b1: float = 0.9
     return new_p, new_mu, new_nu
 
 
+def _mask_grad_where(mask: torch.Tensor):
+    """A tensor hook that zeroes the incoming gradient where `mask` holds (NaN/∞ included)."""
+
+    def hook(grad):
+        return torch.where(mask, torch.zeros_like(grad), grad)
+
+    return hook
+
+
+def torch_adam_update(params, grads, mu, nu, count: int, *, lr: float, b1: float = 0.9, b2: float = 0.999,
+                      eps: float = 1e-8):
+    """One differentiable torch.optim.Adam step; `count` is the new step count (≥ 1).
+
+    p ← p − (lr / c1) · m / (√v / √c2 + eps) with c_i = 1 − b_i**count computed in float64 (Python
+    floats), as torch does. Where v = 0 the gradient flowing into v is replaced by 0 (a hook, as in
+    `higher`), so the backward of √v at 0 gives 0 instead of NaN. Returns (new_params, new_mu, new_nu).
+    """
+    c1, c2 = 1.0 - b1**count, 1.0 - b2**count
+    new_p, new_mu, new_nu = [], [], []
+    for p, g, m, v in zip(params, grads, mu, nu):
+        m = b1 * m + (1.0 - b1) * g
+        v = b2 * v + (1.0 - b2) * (g * g)
+        if v.requires_grad:
+            v.register_hook(_mask_grad_where(v == 0))
+        denom = v.sqrt() / math.sqrt(c2) + eps
+        new_p.append(p - (lr / c1) * (m / denom))
+        new_mu.append(m)
+        new_nu.append(v)
+    return new_p, new_mu, new_nu
+
+
 def meta_gradient(model: nn.Module, params: Mapping[str, torch.Tensor], images: torch.Tensor, labels: torch.Tensor,
                   real_x: torch.Tensor, real_y: torch.Tensor, *, prefix: int, window: int, lr: float = 1e-3,
                   b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_root: float = 1e-8,
-                  chunk: int | None = None):
+                  chunk: int | None = None, adam: str = "optax"):
     """d L(θ_{prefix+window}; real) / d images, and L. The RaT-BPTT meta-step with a given prefix N.
 
     model: a `ConvNet` (its own parameters are not used; `params` is a name -> tensor dict, e.g. from
@@ -140,8 +175,17 @@ def meta_gradient(model: nn.Module, params: Mapping[str, torch.Tensor], images: 
     window in one backward (what the authors do). An integer computes λ = ∇_θ L in chunks of the real
     batch first, then one backward of the window with grad_outputs λ (exact; what jaxdd does with
     Settings.outer_chunk), which bounds the memory of the real batch's activations.
+    adam: "optax" (`adam_update`, eps_root inside the root) or "torch" (`torch_adam_update`).
     Returns (grad_images [N, C, H, W], loss: float).
     """
+    if adam == "optax":
+        def update(p, g, m, v, count):
+            return adam_update(p, g, m, v, count, lr=lr, b1=b1, b2=b2, eps=eps, eps_root=eps_root)
+    elif adam == "torch":
+        def update(p, g, m, v, count):
+            return torch_adam_update(p, g, m, v, count, lr=lr, b1=b1, b2=b2, eps=eps)
+    else:
+        raise ValueError(f"unknown adam {adam!r}: use optax or torch")
     names = list(params)
     p = [params[n].detach() for n in names]
     mu = [torch.zeros_like(t) for t in p]
@@ -158,14 +202,14 @@ def meta_gradient(model: nn.Module, params: Mapping[str, torch.Tensor], images: 
             with torch.enable_grad():
                 ps = [q.detach().requires_grad_(True) for q in p]
                 grads = torch.autograd.grad(inner_loss(ps), ps)
-            p, mu, nu = adam_update(p, grads, mu, nu, t + 1, lr=lr, b1=b1, b2=b2, eps=eps, eps_root=eps_root)
+            p, mu, nu = update(p, grads, mu, nu, t + 1)
 
     # window: differentiable steps (the graph of every step is kept, as with `higher`)
     images_in = images.detach().requires_grad_(True)
     p = [q.detach().requires_grad_(True) for q in p]
     for t in range(prefix, prefix + window):
         grads = torch.autograd.grad(inner_loss(p), p, create_graph=True)
-        p, mu, nu = adam_update(p, grads, mu, nu, t + 1, lr=lr, b1=b1, b2=b2, eps=eps, eps_root=eps_root)
+        p, mu, nu = update(p, grads, mu, nu, t + 1)
 
     n = real_x.shape[0]
     if chunk is None or chunk >= n:

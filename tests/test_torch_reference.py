@@ -1,7 +1,9 @@
 """jaxdd's RaT-BPTT meta-gradient against the PyTorch reference in benchmarks/torch_reference.py.
 
 Both get the same initial weights (jaxdd's, converted NHWC/HWIO -> NCHW/OIHW), the same synthetic set,
-real batch and prefix; the meta-gradients d L / d images must agree to 1e-4 relative in float32.
+real batch and prefix; the meta-gradients d L / d images must agree to 1e-4 relative in float32, both
+with optax's inner Adam (eps_root inside the root) and with torch.optim.Adam's semantics (jaxdd.optim
+against the reference's `torch_adam_update`, also where inner gradients are exactly zero).
 """
 
 import os
@@ -68,7 +70,7 @@ def problem():
         return tr.nchw_to_nhwc(g), loss
 
     return dict(model=model, params0=params0, state0=state0, tmodel=tmodel, tparams=tparams, real_x=real_x,
-                jax_grad=jax_grad, torch_grad=torch_grad, images=images)
+                real_y=real_y, jax_grad=jax_grad, torch_grad=torch_grad, images=images)
 
 
 def test_converted_network_computes_the_same_logits(problem):
@@ -115,3 +117,54 @@ def test_comparison_detects_a_wrong_prefix(problem):
     for wrong in (PREFIX - 1, PREFIX + 1):
         tg, _ = problem["torch_grad"](wrong)
         assert rel_err(g, tg) > 100 * TOL, (wrong, rel_err(g, tg))
+
+
+# ------------------------------------------------------------------------------ torch-semantics inner Adam
+
+
+def _torch_semantics_grads(problem, images, real_x, real_y, params0=None, state0=None, model=None, *, prefix=PREFIX):
+    """(jaxdd with optim.scale_by_torch_adam, torch reference with adam="torch") meta-gradients, NHWC."""
+    from adam_unroll import meta_loss_fn
+    from jaxdd import optim
+
+    model = model or problem["model"]
+    params0 = problem["params0"] if params0 is None else params0
+    state0 = problem["state0"] if state0 is None else state0
+    labels = np.repeat(np.arange(C), IPC)
+    f = meta_loss_fn(model, optim.inner_adam_direction("torch"), lr=1e-3, labels=jnp.asarray(labels),
+                     real_x=jnp.asarray(real_x), real_y=jnp.asarray(real_y), window=W, total=T)
+    g = np.asarray(jax.jit(jax.grad(f))(jnp.asarray(images), params0, state0, jnp.int32(prefix)))
+    shape, depth = images.shape[1:], len(params0["convs"])
+    tmodel = tr.ConvNet(shape, C, width=WIDTH, depth=depth)
+    tparams = tr.params_from_jaxdd(jax.tree.map(np.asarray, params0), shape, width=WIDTH, depth=depth)
+    tg, _ = tr.meta_gradient(tmodel, tparams, tr.nhwc_to_nchw(images), torch.from_numpy(labels).long(),
+                             tr.nhwc_to_nchw(real_x), torch.from_numpy(np.asarray(real_y)).long(), prefix=prefix,
+                             window=W, lr=1e-3, adam="torch")
+    return g, tr.nchw_to_nhwc(tg)
+
+
+def test_torch_semantics_adam_meta_gradient_matches_torch(problem):
+    g, tg = _torch_semantics_grads(problem, problem["images"], problem["real_x"], problem["real_y"])
+    chex.assert_tree_all_finite([g, tg])
+    assert rel_err(g, tg) <= TOL, rel_err(g, tg)
+    # the check can tell the two inner Adams apart: eps_root = 1e-8 gives a different meta-gradient
+    g_optax, _ = problem["jax_grad"](PREFIX, jax.random.key(3))
+    assert rel_err(g_optax, tg) > 10 * TOL, rel_err(g_optax, tg)
+
+
+def test_torch_semantics_adam_agrees_at_exact_zeros(problem, monkeypatch):
+    """A zero second input channel in every synthetic image: exactly-zero inner gradients on both sides."""
+    rng = np.random.default_rng(1)
+    shape = SHAPE[:2] + (2,)
+    images = rng.standard_normal((C * IPC,) + shape).astype(np.float32)
+    images[..., 1] = 0.0
+    real_x = rng.standard_normal((REAL,) + shape).astype(np.float32)
+    model = make_model("convnet", image_shape=shape, num_classes=C, width=WIDTH, depth=DEPTH)
+    params0, state0 = model.init(jax.random.key(2))
+    g, tg = _torch_semantics_grads(problem, images, real_x, problem["real_y"], params0, state0, model)
+    chex.assert_tree_all_finite([g, tg])
+    assert rel_err(g, tg) <= TOL, rel_err(g, tg)
+    # the zeros are real: without the mask the torch reference's meta-gradient is NaN
+    monkeypatch.setattr(tr, "_mask_grad_where", lambda mask: (lambda grad: grad))
+    _, tg_unmasked = _torch_semantics_grads(problem, images, real_x, problem["real_y"], params0, state0, model)
+    assert not np.isfinite(tg_unmasked).all()

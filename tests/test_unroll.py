@@ -120,19 +120,33 @@ def test_chunked_outer_gradient_equals_unchunked():
     chex.assert_trees_all_equal_shapes(full[0], params)
 
 
-def test_adam_with_zero_eps_root_gives_nan_meta_gradient_and_default_does_not():
-    """Documents why eps_root > 0: instance-norm conv biases get exactly zero inner gradient."""
-    model = make_model("convnet", image_shape=(8, 8, 1), num_classes=C, width=4, depth=1)
+def test_adam_with_zero_eps_root_gives_nan_meta_gradient_and_safe_variants_do_not():
+    """Why eps_root > 0 (optax) or a safe square root (jaxdd.optim): an exactly-zero inner gradient entry.
+
+    The zeros are built on purpose: the second input channel is zero in every synthetic image, so the
+    first conv's weights on it get an exactly-zero gradient on any machine (conv biases before instance
+    norm are zero only up to round-off, which differs between CPUs).
+    """
+    from adam_unroll import meta_loss_fn
+    from jaxdd import optim
+
+    model = make_model("convnet", image_shape=(8, 8, 2), num_classes=C, width=4, depth=1)
     params, state = model.init(jax.random.key(0))
-    images = jax.random.normal(jax.random.key(1), (C * IPC, 8, 8, 1))
+    images = jax.random.normal(jax.random.key(1), (C * IPC, 8, 8, 2)).at[..., 1].set(0.0)
     labels = jnp.repeat(jnp.arange(C), IPC)
-    rx = jax.random.normal(jax.random.key(2), (6, 8, 8, 1))
+    rx = jax.random.normal(jax.random.key(2), (6, 8, 8, 2))
     ry = jnp.arange(6) % C
     for eps_root, finite in ((0.0, False), (1e-8, True)):
         cfg = inner.InnerConfig(optimizer="adam", eps_root=eps_root, ipc=IPC, num_classes=C, total_steps=3)
         g, _ = bptt.meta_gradient(model, cfg, {"images": images}, {"labels": labels}, params, state, rx, ry,
                                   jax.random.key(0), 0, window=3)
-        assert bool(jnp.isfinite(g["images"]).all()) == finite
+        assert bool(jnp.isfinite(g["images"]).all()) == finite, eps_root
+    for kind, eps_root, finite in (("optax", 0.0, False), ("torch", 0.0, True), ("higher", 0.0, True)):
+        f = meta_loss_fn(model, optim.inner_adam_direction(kind, eps_root=eps_root), lr=1e-3, labels=labels,
+                         real_x=rx, real_y=ry, window=3, total=3)
+        g = jax.grad(f)(images, params, state, 0)
+        assert bool(jnp.isfinite(g).all()) == finite, kind
+        assert not finite or float(jnp.abs(g[..., 0]).max()) > 0
 
 
 def test_inner_batch_sampling_is_class_major_and_without_replacement():
