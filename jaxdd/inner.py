@@ -19,6 +19,7 @@ import optax
 from jaxdd import synthetic
 from jaxdd.errors import require
 from jaxdd.models import Model
+from jaxdd.optim import inner_adam_direction
 
 INNER_OPTIMIZERS = ("adam", "sgd", "momentum")
 
@@ -40,12 +41,13 @@ class InnerConfig:
     """Static settings of the inner training loop."""
 
     optimizer: str = "adam"
+    adam: str = "torch"  # torch | higher | optax (jaxdd/optim.py, docs/inner_adam.md)
     lr: float = 1e-3  # used unless theta carries a learnable "lr"
     momentum: float = 0.9
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-8
-    eps_root: float = 1e-8  # > 0, or the meta-gradient through optax's Adam is NaN at exactly-zero gradients
+    eps_root: float = 1e-8  # adam="optax" only: > 0, or its meta-gradient is NaN at exactly-zero gradients
     ipc: int = 1
     num_classes: int = 10
     per_class: int | None = None  # images of each class per inner batch (None: all ipc)
@@ -65,7 +67,7 @@ class InnerConfig:
 def direction(cfg: InnerConfig) -> optax.GradientTransformation:
     """The inner optimizer without its learning rate: updates are ``-lr * direction``."""
     if cfg.optimizer == "adam":
-        return optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, eps_root=cfg.eps_root)
+        return inner_adam_direction(cfg.adam, cfg.b1, cfg.b2, cfg.eps, eps_root=cfg.eps_root)
     if cfg.optimizer == "momentum":
         return optax.trace(decay=cfg.momentum)
     return optax.identity()

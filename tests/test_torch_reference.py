@@ -44,7 +44,7 @@ def problem():
     real_y = rng.integers(0, C, REAL).astype(np.int32)
     model = make_model("convnet", image_shape=SHAPE, num_classes=C, width=WIDTH, depth=DEPTH)
     params0, state0 = model.init(jax.random.key(1))
-    settings = Settings(unroll_steps=T, window=W, per_class=0, classes_per_step=0, augment="none",
+    settings = Settings(inner_adam="optax", unroll_steps=T, window=W, per_class=0, classes_per_step=0, augment="none",
                         real_augment="none", width=WIDTH, depth=DEPTH)
     cfg = bptt.inner_config(settings, IPC, C)
 

@@ -137,7 +137,8 @@ def test_adam_with_zero_eps_root_gives_nan_meta_gradient_and_safe_variants_do_no
     rx = jax.random.normal(jax.random.key(2), (6, 8, 8, 2))
     ry = jnp.arange(6) % C
     for eps_root, finite in ((0.0, False), (1e-8, True)):
-        cfg = inner.InnerConfig(optimizer="adam", eps_root=eps_root, ipc=IPC, num_classes=C, total_steps=3)
+        cfg = inner.InnerConfig(optimizer="adam", adam="optax", eps_root=eps_root, ipc=IPC, num_classes=C,
+                                total_steps=3)
         g, _ = bptt.meta_gradient(model, cfg, {"images": images}, {"labels": labels}, params, state, rx, ry,
                                   jax.random.key(0), 0, window=3)
         assert bool(jnp.isfinite(g["images"]).all()) == finite, eps_root

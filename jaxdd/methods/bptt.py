@@ -20,6 +20,7 @@ from jaxdd.augment import get_augment, strategy_ops
 from jaxdd.errors import require
 from jaxdd.methods.base import Method, MethodSpec, new_state, register
 from jaxdd.models import Model
+from jaxdd.optim import INNER_ADAM_KINDS
 from jaxdd.settings import CommonSettings, setting
 from jaxdd.unroll import run_prefix, window_vjp
 
@@ -38,6 +39,8 @@ class BPTTSettings(CommonSettings):
     remat: str = setting("full", "rematerialisation of the window step: full | dots | dots_no_batch | none")
     population: int = setting(1, "independent inner networks per meta-step, meta-gradients averaged")
     inner_optimizer: str = setting("adam", "inner optimizer: adam | sgd | momentum")
+    inner_adam: str = setting("torch", "inner Adam: torch (torch.optim.Adam's update, safe at zero second "
+                                       "moments) | higher (eps before bias correction) | optax (eps_root 1e-8)")
     inner_lr: float = setting(1e-3, "inner learning rate (also the evaluation networks' lr)")
     per_class: int = setting(0, "images per class in an inner batch (0: all IPC)")
     classes_per_step: int = setting(0, "classes in an inner batch (0: all)")
@@ -65,6 +68,8 @@ class BPTTSettings(CommonSettings):
                 f"--outer-chunk {self.outer_chunk} must divide the real batch per network ({per_member})")
         require(self.per_class <= ipc, f"--per-class {self.per_class} is larger than --ipc {ipc}")
         require(self.inner_lr > 0, "--inner-lr must be positive")
+        require(self.inner_adam in INNER_ADAM_KINDS,
+                f"unknown --inner-adam '{self.inner_adam}': use {', '.join(INNER_ADAM_KINDS)}")
         require(self.inner_optimizer in inner.INNER_OPTIMIZERS,
                 f"unknown --inner-optimizer '{self.inner_optimizer}': use {', '.join(inner.INNER_OPTIMIZERS)}")
         for flag, name in (("--augment", self.augment), ("--real-augment", self.real_augment)):
@@ -78,7 +83,7 @@ class BPTTSettings(CommonSettings):
 def inner_config(settings: BPTTSettings, ipc: int, num_classes: int) -> inner.InnerConfig:
     """The inner loop's static settings for a set of `ipc` images per class (per_class capped at ipc)."""
     return inner.InnerConfig(
-        optimizer=settings.inner_optimizer, lr=settings.inner_lr, ipc=ipc, num_classes=num_classes,
+        optimizer=settings.inner_optimizer, adam=settings.inner_adam, lr=settings.inner_lr, ipc=ipc, num_classes=num_classes,
         per_class=min(settings.per_class, ipc) or None, classes_per_step=settings.classes_per_step or None,
         augment=settings.augment, total_steps=settings.unroll_steps)
 
@@ -134,12 +139,15 @@ def schedule_for(settings: BPTTSettings, kind: str) -> truncation.Schedule:
     return truncation.SCHEDULES[kind](settings.unroll_steps, settings.window)
 
 
-def build(ctx, schedule: truncation.Schedule, *, grad_map=None, schedule_metrics=None, block_rates=None) -> Method:
+def build(ctx, schedule: truncation.Schedule, *, grad_map_fn=None, extra_init=None, schedule_metrics=None,
+          block_rates=None) -> Method:
     """The BPTT-family method over `schedule`: init / step / batch / finalize / members.
 
-    grad_map: replaces the inner-gradient map (AT-BPTT's low-rank backward); schedule_metrics(state)
-    -> dict adds the schedule's own numbers to every metrics row; block_rates(theta) -> {block: rate}
-    sets per-block outer learning rates (Boost-DD).
+    grad_map_fn(state) -> a replacement inner-gradient map or None, called inside the traced step
+    (AT-BPTT's low-rank backward, whose factors live in the state); extra_init() -> a pytree kept in
+    method_state["extra"] for a method built on this one; schedule_metrics(state) -> dict adds the
+    schedule's own numbers to every metrics row; block_rates(theta) -> {block: rate} sets per-block
+    outer learning rates (Boost-DD).
     """
     settings, model, mesh = ctx.settings, ctx.model, ctx.mesh
     P = settings.population
@@ -154,8 +162,10 @@ def build(ctx, schedule: truncation.Schedule, *, grad_map=None, schedule_metrics
     def init(key, theta, consts):
         k_prefix = jax.random.fold_in(key, -1 % (2**31))
         prefix, length = truncation.sample_population(schedule, schedule.init(), jax.random.split(k_prefix, P))
-        return new_state(theta, consts, optimizer, key, {"schedule": schedule.init(), "prefix": prefix,
-                                                          "length": length})
+        ms = {"schedule": schedule.init(), "prefix": prefix, "length": length}
+        if extra_init is not None:
+            ms["extra"] = extra_init()
+        return new_state(theta, consts, optimizer, key, ms)
 
     def members(state, batch, key):
         """The population's inputs, each with a leading axis P (a dict). Member p gets rows
@@ -178,6 +188,7 @@ def build(ctx, schedule: truncation.Schedule, *, grad_map=None, schedule_metrics
         m_in = members(state, batch, key)
         cfg = inner_config(settings, synthetic.num_rows(state.theta, state.consts) // ctx.num_classes,
                            ctx.num_classes)  # static: a set that grows (Boost-DD) retraces
+        grad_map = grad_map_fn(state) if grad_map_fn is not None else None
 
         def member(p0, s0, x, y, k, n, w):
             return meta_gradient(model, cfg, state.theta, state.consts, p0, s0, x, y, k, n,
@@ -190,7 +201,7 @@ def build(ctx, schedule: truncation.Schedule, *, grad_map=None, schedule_metrics
         stats = dict(grad_norms=m["grad_norms"], steps_run=m_in["prefix"] + m_in["length"],
                      accuracy=m["accuracy"].mean(), step=state.step)
         sched = schedule.update(state.method_state["schedule"], stats)
-        method_state = {"schedule": sched, "prefix": m_in["prefix"], "length": m_in["length"]}
+        method_state = dict(state.method_state, schedule=sched, prefix=m_in["prefix"], length=m_in["length"])
         new, metrics = apply_meta_gradient(state, grads, optimizer, m, method_state)
         metrics.update(prefix=m_in["prefix"].mean(), window=m_in["length"].mean())
         if schedule_metrics is not None:
