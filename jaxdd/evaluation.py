@@ -1,6 +1,6 @@
 """Evaluate a (distilled) training set: train K fresh networks on it, report their test accuracy.
 
-ALGORITHMS.md §7.4. :func:`evaluate` trains ``num_models`` networks from independent seeds *at once*:
+docs/evaluation.md. :func:`evaluate` trains ``num_models`` networks from independent seeds *at once*:
 one jitted training function, vmapped over the K model keys, whose inner loop over steps runs inside
 jit (``lax.fori_loop`` with traced bounds, so the step budget and the progress-bar chunks never cause
 a recompilation). The images, the targets and the learning rate are arguments of the jitted
