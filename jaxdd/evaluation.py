@@ -10,10 +10,12 @@ that maps over fixed-size chunks of the test split (all K models per chunk), so 
 Protocols (:data:`PROTOCOLS`, frozen :class:`Protocol` dataclasses; every field can be overridden by
 a keyword argument of :func:`evaluate`):
 
-* ``"ratbptt"`` (RaT-BPTT): Adam lr 1e-3, one of {flip, rotate ±15°} per batch, minibatch = the whole
-  set when it has ≤ 256 images, else a random 256 per step; 1000 steps, 8 networks. The authors
-  report the best of 300/600/1000/3000 steps, which selects on the test set; this is the fixed-budget
-  number.
+* ``"ratbptt"`` (RaT-BPTT): Adam lr 1e-3, one of {flip, rotate ±15°} per batch, class-balanced
+  minibatches (the whole set when it has ≤ 256 images), 3000 steps, 8 networks, accuracy also at the
+  checkpoints 300/600/1000 steps. The authors report the best of the four checkpoints on the test set
+  (selection on the test set); ``accuracy_mean`` is the fixed budget's number (3000 steps), and when
+  the data set has a validation split, ``accuracy_chosen`` is the test accuracy at the checkpoint
+  whose *validation* accuracy is highest (docs/evaluation.md).
 * ``"mtt"`` (MTT / DATM): SGD momentum 0.9, weight decay 5e-4 (PyTorch style, added to the gradient),
   lr 0.01 unless given (the CLI passes the learned lr stored with a distilled set), lr × 0.1 at half
   the steps, batch 256, DSA augmentation, 1000 epochs (= 1000 · ⌈N / 256⌉ steps), 5 networks.
@@ -21,7 +23,13 @@ a keyword argument of :func:`evaluate`):
   300 steps, 4 networks (not tuned; see ``QUICK_NOTES``).
 
 Minibatches: with N ≤ batch_size every step uses the whole set; otherwise every step draws
-batch_size distinct images uniformly at random (a fresh draw per step, not epoch-wise shuffling).
+batch_size distinct images uniformly at random (a fresh draw per step, not epoch-wise shuffling), or,
+with ``balanced=True``, ⌊batch_size / C⌋ distinct images of each of the C classes present (capped at
+the smallest class's size), as the inner batches of distillation are drawn (:func:`balanced_batch`).
+
+Checkpoints: the networks are trained once to the final step; at every step count in
+``Protocol.checkpoints`` (and at the final one) the jitted training loop pauses between two
+``fori_loop`` chunks and the K networks are scored, so the checkpoints cost no recompilation.
 
 Labels: int class ids ``[N]`` (hard) or float ``[N, num_classes]`` (soft targets, used as given in
 ``-Σ_c t_c log softmax(z)_c``). Hard labels are turned into one-hot targets and go through the very
@@ -58,6 +66,8 @@ __all__ = [
     "random_real",
     "full_data",
     "prefix_ipc",
+    "class_table",
+    "balanced_batch",
     "check_set",
 ]
 
@@ -71,6 +81,8 @@ class Protocol:
 
     ``lr_decay_at``: fraction of the steps after which the lr is multiplied by ``lr_decay`` (None: constant).
     ``use_learned_lr``: take the lr stored with a distilled set (the CLI does this) unless one is given.
+    ``checkpoints``: step counts at which accuracy is also reported (those beyond the final step are
+    dropped; the final step is always reported). ``balanced``: class-balanced minibatches.
     ``model``/``width``/``depth``/``norm``: None means :func:`model_defaults`.
     """
 
@@ -91,6 +103,8 @@ class Protocol:
     width: int | None = None
     depth: int | None = None
     norm: str | None = None
+    checkpoints: tuple[int, ...] = ()
+    balanced: bool = False
 
     def num_steps(self, num_images: int) -> int:
         if self.steps is not None:
@@ -99,8 +113,8 @@ class Protocol:
 
 
 PROTOCOLS: dict[str, Protocol] = {
-    "ratbptt": Protocol("ratbptt", optimizer="adam", lr=1e-3, augment="flip_rotate", batch_size=256, steps=1000,
-                        num_models=8),
+    "ratbptt": Protocol("ratbptt", optimizer="adam", lr=1e-3, augment="flip_rotate", batch_size=256, steps=3000,
+                        num_models=8, checkpoints=(300, 600, 1000, 3000), balanced=True),
     "mtt": Protocol("mtt", optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, lr_decay_at=0.5,
                     augment="dsa", batch_size=256, steps=None, epochs=1000, num_models=5, use_learned_lr=True),
     "quick": Protocol("quick", optimizer="adam", lr=1e-3, augment="none", batch_size=256, steps=300, num_models=4),
@@ -215,6 +229,33 @@ def full_data(dataset) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(dataset.x_train, np.float32), np.asarray(dataset.y_train, np.int32)
 
 
+def class_table(targets) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of each class present in a set: (table int32 [C', n_max], counts int32 [C']).
+
+    targets: float [N, num_classes] (one-hot or soft; the class is the argmax). Row r of the table
+    lists the indices of the r-th present class, padded with 0 after its ``counts[r]`` entries.
+    """
+    hard = np.asarray(targets).argmax(-1)
+    rows = [np.flatnonzero(hard == c) for c in np.unique(hard)]
+    counts = np.array([len(r) for r in rows], np.int32)
+    table = np.zeros((len(rows), int(counts.max())), np.int32)
+    for r, idx in enumerate(rows):
+        table[r, :len(idx)] = idx
+    return table, counts
+
+
+def balanced_batch(key, table, counts, per_class: int):
+    """Indices of a class-balanced minibatch: `per_class` distinct rows of every class (class-major).
+
+    (table, counts) from :func:`class_table`; `per_class` (static) must not exceed ``counts.min()``.
+    Each class's rows are a uniformly random subset (the top `per_class` of i.i.d. uniform scores).
+    """
+    valid = jnp.arange(table.shape[1])[None, :] < counts[:, None]
+    scores = jnp.where(valid, jax.random.uniform(key, table.shape), -1.0)
+    _, pos = jax.lax.top_k(scores, per_class)
+    return jnp.take_along_axis(table, pos, axis=1).reshape(-1)
+
+
 # ----------------------------------------------------------------------------------------------
 # training (pure, jitted, vmapped over models)
 
@@ -243,13 +284,14 @@ def _optimizer(kind: str, momentum: float, weight_decay: float) -> optax.Gradien
 
 @functools.lru_cache(maxsize=32)
 def _trainer(model: models_lib.Model, optimizer: str, momentum: float, weight_decay: float,
-             batch_size: int, augment: str, lr_decay_at: float | None, lr_decay: float):
+             batch_size: int, augment: str, lr_decay_at: float | None, lr_decay: float, per_class: int = 0):
     """(init, run) jitted and vmapped over K model keys.
 
-    init(keys [K]) -> carry; run(carry, keys, images, targets, start, stop, lr, total) -> carry runs
-    steps start..stop-1 of a `total`-step schedule. Model k initialises from split(keys[k])[0]; its step
-    t draws batch and augmentation from fold_in(split(keys[k])[1], t), so any split of the steps into
-    chunks gives the same result.
+    init(keys [K]) -> carry; run(carry, keys, images, targets, table, counts, start, stop, lr, total)
+    -> carry runs steps start..stop-1 of a `total`-step schedule. Model k initialises from
+    split(keys[k])[0]; its step t draws batch and augmentation from fold_in(split(keys[k])[1], t), so
+    any split of the steps into chunks gives the same result. per_class > 0: class-balanced batches
+    from (table, counts) (:func:`balanced_batch`); else uniform ones (table and counts unused).
     """
     tx = _optimizer(optimizer, momentum, weight_decay)
     aug = augment_lib.get_augment(augment)
@@ -268,7 +310,7 @@ def _trainer(model: models_lib.Model, optimizer: str, momentum: float, weight_de
         loss = -jnp.mean(jnp.sum(t * jax.nn.log_softmax(logits), axis=-1))
         return loss, state
 
-    def run_one(carry, key, images, targets, start, stop, lr, total):
+    def run_one(carry, key, images, targets, table, counts, start, stop, lr, total):
         n = images.shape[0]
         key = jax.random.split(key)[1]
 
@@ -278,7 +320,10 @@ def _trainer(model: models_lib.Model, optimizer: str, momentum: float, weight_de
             if n <= batch_size:
                 x, y = images, targets
             else:
-                idx = jax.random.choice(k_batch, n, (batch_size,), replace=False)
+                if per_class:
+                    idx = balanced_batch(k_batch, table, counts, per_class)
+                else:
+                    idx = jax.random.choice(k_batch, n, (batch_size,), replace=False)
                 x, y = images[idx], targets[idx]
             x = aug(x, k_aug)
             grads, state = jax.grad(loss_fn, has_aux=True)(params, state, x, y)
@@ -294,7 +339,7 @@ def _trainer(model: models_lib.Model, optimizer: str, momentum: float, weight_de
 
         return jax.lax.fori_loop(start, stop, body, carry)
 
-    run = jax.jit(jax.vmap(run_one, in_axes=(0, 0, None, None, None, None, None, None)), donate_argnums=(0,))
+    run = jax.jit(jax.vmap(run_one, in_axes=(0, 0) + (None,) * 8), donate_argnums=(0,))
     return init, run
 
 
@@ -332,8 +377,8 @@ def _chunks(x: np.ndarray, y: np.ndarray, size: int):
 def evaluate(images, labels, dataset, *, protocol: str | Protocol = "ratbptt", model: str | None = None,
              width: int | None = None, depth: int | None = None, norm: str | None = None,
              steps: int | None = None, num_models: int | None = None, batch_size: int | None = None,
-             lr: float | None = None, augment: str | None = None, seed: int = 0, split: str = "test",
-             progress: bool = False, mesh=None) -> dict[str, Any]:
+             lr: float | None = None, augment: str | None = None, checkpoints=None, balanced: bool | None = None,
+             seed: int = 0, split: str = "test", progress: bool = False, mesh=None) -> dict[str, Any]:
     """Train ``num_models`` fresh networks (vmapped) on (images, labels); report their accuracy.
 
     images: float [N, H, W, C] matching ``dataset.image_shape``; labels: int class ids [N] or soft
@@ -345,13 +390,18 @@ def evaluate(images, labels, dataset, *, protocol: str | Protocol = "ratbptt", m
     multiple of its size (each device trains K/n of them), else they all run on the first device.
 
     Returns a dict: accuracy_mean, accuracy_std (np.std over the models, ddof 0), accuracies (list),
-    all as **fractions in [0, 1]**; num_models, protocol, steps, model, width, depth, norm, optimizer,
-    lr, batch_size, augment, split, seed, num_images, seconds.
+    all as **fractions in [0, 1]**, at the final step; accuracy_at {step: {mean, std, accuracies}} at
+    every checkpoint and the final step; with split "test", several checkpoints and a data set with a
+    validation split: val_accuracy_at (same form, on the validation split), chosen_steps (the
+    checkpoint of highest mean validation accuracy, the earliest on ties) and accuracy_chosen {mean,
+    std} (the test accuracy there), else None; num_models, protocol, steps, checkpoints, balanced,
+    model, width, depth, norm, optimizer, lr, batch_size, augment, split, seed, num_images, seconds.
     """
     proto = get_protocol(protocol)
     defaults = model_defaults(dataset)
     overrides = dict(model=model, width=width, depth=depth, norm=norm, steps=steps, num_models=num_models,
-                     batch_size=batch_size, lr=lr, augment=augment)
+                     batch_size=batch_size, lr=lr, augment=augment, balanced=balanced,
+                     checkpoints=None if checkpoints is None else tuple(checkpoints))
     proto = dataclasses.replace(proto, **{k: v for k, v in overrides.items() if v is not None})
     model_name = proto.model
     require(model_name in models_lib.MODELS,
@@ -362,14 +412,17 @@ def evaluate(images, labels, dataset, *, protocol: str | Protocol = "ratbptt", m
     if proto.steps is not None:
         require(isinstance(proto.steps, (int, np.integer)) and proto.steps >= 0,
                 f"steps must be a non-negative integer, got {proto.steps!r}: use --steps N")
+    for c in proto.checkpoints:
+        require(isinstance(c, (int, np.integer)) and not isinstance(c, bool) and c >= 1,
+                f"checkpoints must be positive step counts, got {c!r}: use e.g. checkpoints=(300, 600, 1000)")
     require(float(proto.lr) > 0 and math.isfinite(float(proto.lr)), f"lr must be a positive number, got {proto.lr!r}")
     require(proto.optimizer in OPTIMIZERS, f"unknown optimizer {proto.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
     require(split in ("test", "val"), f"unknown split {split!r}: use test or val")
     augment_lib.strategy_ops(proto.augment)  # validates the name
 
+    has_val = getattr(dataset, "x_val", None) is not None and len(dataset.x_val) > 0
     if split == "val":
-        require(getattr(dataset, "x_val", None) is not None and len(dataset.x_val) > 0,
-                "this data set has no validation split: load it with val_fraction > 0 (e.g. 0.1)")
+        require(has_val, "this data set has no validation split: load it with val_fraction > 0 (e.g. 0.1)")
         x_eval, y_eval = dataset.x_val, dataset.y_val
     else:
         x_eval, y_eval = dataset.x_test, dataset.y_test
@@ -380,47 +433,78 @@ def evaluate(images, labels, dataset, *, protocol: str | Protocol = "ratbptt", m
     n = images.shape[0]
     total = proto.num_steps(n)
     k = int(proto.num_models)
+    marks = sorted({int(c) for c in proto.checkpoints if c <= total} | {total})
+    choose = split == "test" and has_val and len(marks) > 1
 
     start_time = time.perf_counter()
+    table, counts = np.zeros((1, 1), np.int32), np.ones((1,), np.int32)  # unused unless balanced
+    per_class = 0
+    if proto.balanced and n > proto.batch_size:
+        table, counts = class_table(targets)
+        per_class = int(min(max(1, proto.batch_size // len(counts)), counts.min()))
     init, run = _trainer(net, proto.optimizer, float(proto.momentum), float(proto.weight_decay),
-                         int(proto.batch_size), proto.augment, proto.lr_decay_at, float(proto.lr_decay))
+                         int(proto.batch_size), proto.augment, proto.lr_decay_at, float(proto.lr_decay), per_class)
     keys = jax.random.split(jax.random.key(seed), k)
     carry = init(keys)
     x_dev, t_dev = jnp.asarray(images), jnp.asarray(targets)
+    table_dev, counts_dev = jnp.asarray(table), jnp.asarray(counts)
     if mesh is not None and k % parallel.num_devices(mesh) == 0:
         # the computation follows its inputs: models split over 'data', the set replicated
         carry, keys = parallel.put((carry, keys), parallel.batch_sharding(mesh))
-        x_dev, t_dev = parallel.put((x_dev, t_dev), parallel.replicated(mesh))
+        x_dev, t_dev, table_dev, counts_dev = parallel.put((x_dev, t_dev, table_dev, counts_dev),
+                                                           parallel.replicated(mesh))
     lr_dev = jnp.float32(proto.lr)
     num_chunks = min(20, total) if progress else 1
-    bounds = np.linspace(0, total, num_chunks + 1).round().astype(int) if total else np.array([0, 0])
+    bounds = np.linspace(0, total, num_chunks + 1).round().astype(int) if total else np.array([0])
+    bounds = sorted(set(bounds.tolist()) | set(marks))
+
+    score = _scorer(net)
+    splits = {"test": _device_chunks(x_eval, y_eval)}
+    if choose:
+        splits["val"] = _device_chunks(dataset.x_val, dataset.y_val)
+    at: dict[str, dict[int, np.ndarray]] = {name: {} for name in splits}
+
+    def record(step):
+        params, state, _ = carry
+        for name, (xs, ys, ms, size) in splits.items():
+            at[name][step] = parallel.gather(score(params, state, xs, ys, ms)) / float(size)
+
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, desc=f"training {k} × {model_name}", unit="step", leave=False)
     try:
+        if bounds[0] in marks:  # 0 steps
+            record(bounds[0])
         for a, b in zip(bounds[:-1], bounds[1:]):
-            carry = run(carry, keys, x_dev, t_dev, jnp.int32(a), jnp.int32(b), lr_dev, jnp.int32(total))
+            carry = run(carry, keys, x_dev, t_dev, table_dev, counts_dev, jnp.int32(a), jnp.int32(b), lr_dev,
+                        jnp.int32(total))
+            if b in marks:
+                record(b)  # blocks on the scores before the next chunk donates the carry
             if bar is not None:
                 jax.block_until_ready(carry)
                 bar.update(int(b - a))
     finally:
         if bar is not None:
             bar.close()
-    params, state, _ = carry
-    xs, ys, ms = _chunks(np.asarray(x_eval, np.float32), np.asarray(y_eval, np.int32), EVAL_CHUNK)
-    correct = _scorer(net)(params, state, jnp.asarray(xs), jnp.asarray(ys), jnp.asarray(ms))
-    correct = np.asarray(parallel.gather(correct))
-    accuracies = correct / float(len(y_eval))
+    accuracies = at["test"][total]
     seconds = time.perf_counter() - start_time
+    chosen = max(marks, key=lambda m: (float(np.mean(at["val"][m])), -m)) if choose else None
     return {
         "accuracy_mean": float(np.mean(accuracies)),
         "accuracy_std": float(np.std(accuracies)),
         "accuracies": [float(a) for a in accuracies],
+        "accuracy_at": _summaries(at["test"]),
+        "val_accuracy_at": _summaries(at["val"]) if choose else None,
+        "chosen_steps": chosen,
+        "accuracy_chosen": ({"mean": float(np.mean(at["test"][chosen])), "std": float(np.std(at["test"][chosen]))}
+                            if choose else None),
         "num_models": k,
         "protocol": proto.name,
         "steps": int(total),
+        "checkpoints": marks,
+        "balanced": bool(proto.balanced),
         "model": model_name,
         "width": width,
         "depth": proto.depth,
@@ -434,6 +518,18 @@ def evaluate(images, labels, dataset, *, protocol: str | Protocol = "ratbptt", m
         "num_images": int(n),
         "seconds": round(seconds, 3),
     }
+
+
+def _device_chunks(x, y):
+    """An evaluation split as device arrays in fixed-size chunks: (xs, ys, mask, number of images)."""
+    xs, ys, ms = _chunks(np.asarray(x, np.float32), np.asarray(y, np.int32), EVAL_CHUNK)
+    return jnp.asarray(xs), jnp.asarray(ys), jnp.asarray(ms), len(y)
+
+
+def _summaries(acc_by_step: dict[int, np.ndarray]) -> dict[int, dict[str, Any]]:
+    """{step: {mean, std, accuracies}} from per-model accuracies."""
+    return {int(step): {"mean": float(np.mean(a)), "std": float(np.std(a)), "accuracies": [float(v) for v in a]}
+            for step, a in sorted(acc_by_step.items())}
 
 
 def _check_positive(name, value, flag):

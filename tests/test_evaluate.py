@@ -127,11 +127,86 @@ def test_protocols_and_overrides():
     assert set(ev.PROTOCOLS) >= {"ratbptt", "mtt", "quick"}
     r, m, q = ev.PROTOCOLS["ratbptt"], ev.PROTOCOLS["mtt"], ev.PROTOCOLS["quick"]
     assert (r.optimizer, r.lr, r.augment, r.batch_size, r.num_steps(100), r.num_models) == (
-        "adam", 1e-3, "flip_rotate", 256, 1000, 8)
+        "adam", 1e-3, "flip_rotate", 256, 3000, 8)
+    assert r.checkpoints == (300, 600, 1000, 3000) and r.balanced
+    assert not m.balanced and not q.balanced and m.checkpoints == q.checkpoints == ()
     assert (m.optimizer, m.momentum, m.weight_decay, m.lr_decay_at, m.augment, m.num_models) == (
         "sgd", 0.9, 5e-4, 0.5, "dsa", 5)
     assert m.num_steps(100) == 1000 and m.num_steps(1000) == 4000  # 1000 epochs of batch 256
     assert q.num_steps(10) == 300 and q.num_models == 4
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+
+@pytest.fixture(scope="module")
+def checkpointed(digits, ipc10_set):
+    return ev.evaluate(*ipc10_set, digits, **FAST, checkpoints=(50, 100, 400))
+
+
+def test_checkpoints_do_not_change_the_final_numbers(checkpointed, ipc10_result):
+    assert list(checkpointed["accuracy_at"]) == checkpointed["checkpoints"] == [50, 100, 150]  # 400 > 150 steps
+    final = checkpointed["accuracy_at"][150]
+    assert final["mean"] == checkpointed["accuracy_mean"] and final["std"] == checkpointed["accuracy_std"]
+    assert final["accuracies"] == checkpointed["accuracies"] == ipc10_result["accuracies"]
+    assert ipc10_result["accuracy_at"][150]["accuracies"] == ipc10_result["accuracies"]
+    assert ipc10_result["chosen_steps"] is None  # one checkpoint: nothing to choose
+
+
+def test_checkpoint_accuracy_equals_a_shorter_run(digits, ipc10_set, checkpointed):
+    short = ev.evaluate(*ipc10_set, digits, **{**FAST, "steps": 50})
+    assert checkpointed["accuracy_at"][50]["accuracies"] == short["accuracies"]
+    assert checkpointed["accuracy_at"][50] != checkpointed["accuracy_at"][150]  # training went on
+
+
+def test_checkpoints_do_not_recompile(digits, ipc10_set, checkpointed):
+    net = ev._cached_model("convnet", (8, 8, 1), 10, 16, None, None)
+    _, run = ev._trainer(net, "adam", 0.0, 0.0, 256, "none", None, 0.1, 0)
+    before = (run._cache_size(), ev._scorer(net)._cache_size())
+    ev.evaluate(*ipc10_set, digits, **{**FAST, "steps": 60}, checkpoints=(10, 20, 30, 45))
+    assert (run._cache_size(), ev._scorer(net)._cache_size()) == before and before[0] >= 1
+
+
+def test_checkpoint_is_chosen_on_the_validation_split(digits, ipc10_set, checkpointed):
+    val = checkpointed["val_accuracy_at"]
+    assert list(val) == [50, 100, 150]
+    means = [val[s]["mean"] for s in (50, 100, 150)]
+    assert checkpointed["chosen_steps"] == (50, 100, 150)[int(np.argmax(means))]
+    chosen = checkpointed["accuracy_at"][checkpointed["chosen_steps"]]
+    assert checkpointed["accuracy_chosen"] == {"mean": chosen["mean"], "std": chosen["std"]}
+    # the validation numbers are the validation split's: the same networks scored by split="val"
+    on_val = ev.evaluate(*ipc10_set, digits, **FAST, split="val")
+    assert val[150]["accuracies"] == on_val["accuracies"]
+    assert on_val["chosen_steps"] is None  # never choose on the split being reported
+    # without a validation split nothing is chosen
+    no_val = ev.evaluate(*ipc10_set, digits.replace(x_val=None, y_val=None), **{**FAST, "steps": 50},
+                         checkpoints=(25,))
+    assert no_val["chosen_steps"] is None and no_val["accuracy_chosen"] is None and no_val["val_accuracy_at"] is None
+    assert list(no_val["accuracy_at"]) == [25, 50]
+
+
+def test_balanced_batches_have_equal_class_counts():
+    import jax
+
+    hard = np.array([0] * 3 + [2] * 7 + [3] * 5 + [0] * 2)  # class 1 absent, unequal sizes, not class-major
+    table, counts = ev.class_table(np.eye(4, dtype=np.float32)[hard])
+    np.testing.assert_array_equal(counts, [5, 7, 5])
+    seen = set()
+    for i in range(40):
+        idx = np.asarray(ev.balanced_batch(jax.random.key(i), table, counts, 4))
+        chex.assert_shape(idx, (12,))
+        np.testing.assert_array_equal(hard[idx], np.repeat([0, 2, 3], 4))  # equal counts, class-major
+        for c in range(3):
+            assert len(set(idx[4 * c:4 * c + 4].tolist())) == 4  # without replacement
+        seen |= set(idx.tolist())
+    assert seen == set(range(len(hard)))  # every image gets drawn
+
+
+def test_balanced_protocol_trains(digits, ipc10_set):
+    result = ev.evaluate(*ipc10_set, digits, **{**FAST, "steps": 30, "num_models": 2, "batch_size": 20},
+                         balanced=True)  # 100 images > batch 20: 2 of each class per step
+    assert result["balanced"] and 0.0 <= result["accuracy_mean"] <= 1.0
+    chex.assert_tree_all_finite(np.asarray(result["accuracies"]))
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -181,6 +256,7 @@ def test_bad_inputs(digits, make, match):
         (dict(steps=-3), r"steps must be a non-negative integer"),
         (dict(lr=-1.0), r"lr must be a positive number"),
         (dict(split="train"), r"unknown split 'train': use test or val"),
+        (dict(checkpoints=(100, 0)), r"checkpoints must be positive step counts, got 0"),
     ],
 )
 def test_bad_options(digits, kwargs, match):

@@ -122,8 +122,12 @@ def test_comparison_detects_a_wrong_prefix(problem):
 # ------------------------------------------------------------------------------ torch-semantics inner Adam
 
 
-def _torch_semantics_grads(problem, images, real_x, real_y, params0=None, state0=None, model=None, *, prefix=PREFIX):
-    """(jaxdd with optim.scale_by_torch_adam, torch reference with adam="torch") meta-gradients, NHWC."""
+def _torch_semantics_grads(problem, images, real_x, real_y, params0=None, state0=None, model=None, *,
+                           prefix=PREFIX, x64=False):
+    """(jaxdd with optim.scale_by_torch_adam, torch reference with adam="torch") meta-gradients, NHWC.
+
+    x64: both sides in float64 (inputs and initial weights are the float32 ones, widened).
+    """
     from adam_unroll import meta_loss_fn
     from jaxdd import optim
 
@@ -131,15 +135,19 @@ def _torch_semantics_grads(problem, images, real_x, real_y, params0=None, state0
     params0 = problem["params0"] if params0 is None else params0
     state0 = problem["state0"] if state0 is None else state0
     labels = np.repeat(np.arange(C), IPC)
-    f = meta_loss_fn(model, optim.inner_adam_direction("torch"), lr=1e-3, labels=jnp.asarray(labels),
-                     real_x=jnp.asarray(real_x), real_y=jnp.asarray(real_y), window=W, total=T)
-    g = np.asarray(jax.jit(jax.grad(f))(jnp.asarray(images), params0, state0, jnp.int32(prefix)))
+    dtype, tdtype = (np.float64, torch.float64) if x64 else (np.float32, torch.float32)
+    with jax.enable_x64(x64):
+        f = meta_loss_fn(model, optim.inner_adam_direction("torch"), lr=1e-3, labels=jnp.asarray(labels),
+                         real_x=jnp.asarray(real_x, dtype), real_y=jnp.asarray(real_y), window=W, total=T)
+        g = np.asarray(jax.jit(jax.grad(f))(jnp.asarray(images, dtype), jax.tree.map(lambda a: jnp.asarray(a, dtype),
+                                                                                     params0), state0, prefix))
     shape, depth = images.shape[1:], len(params0["convs"])
-    tmodel = tr.ConvNet(shape, C, width=WIDTH, depth=depth)
+    tmodel = tr.ConvNet(shape, C, width=WIDTH, depth=depth).to(tdtype)
     tparams = tr.params_from_jaxdd(jax.tree.map(np.asarray, params0), shape, width=WIDTH, depth=depth)
-    tg, _ = tr.meta_gradient(tmodel, tparams, tr.nhwc_to_nchw(images), torch.from_numpy(labels).long(),
-                             tr.nhwc_to_nchw(real_x), torch.from_numpy(np.asarray(real_y)).long(), prefix=prefix,
-                             window=W, lr=1e-3, adam="torch")
+    tg, _ = tr.meta_gradient(tmodel, {k: v.to(tdtype) for k, v in tparams.items()}, tr.nhwc_to_nchw(images).to(tdtype),
+                             torch.from_numpy(labels).long(), tr.nhwc_to_nchw(real_x).to(tdtype),
+                             torch.from_numpy(np.asarray(real_y)).long(), prefix=prefix, window=W, lr=1e-3,
+                             adam="torch")
     return g, tr.nchw_to_nhwc(tg)
 
 
@@ -152,8 +160,12 @@ def test_torch_semantics_adam_meta_gradient_matches_torch(problem):
     assert rel_err(g_optax, tg) > 10 * TOL, rel_err(g_optax, tg)
 
 
-def test_torch_semantics_adam_agrees_at_exact_zeros(problem, monkeypatch):
-    """A zero second input channel in every synthetic image: exactly-zero inner gradients on both sides."""
+def test_torch_semantics_adam_agrees_at_exact_zeros_in_float64(problem, monkeypatch):
+    """A zero second input channel in every synthetic image: exactly-zero inner gradients on both sides.
+
+    In float64 the two agree to round-off (measured 1e-15 overall, 5e-14 on the non-zero channel); in
+    float32 each side is ~1e-5 from its float64 value, which is all the 1e-4 checks above allow for.
+    """
     rng = np.random.default_rng(1)
     shape = SHAPE[:2] + (2,)
     images = rng.standard_normal((C * IPC,) + shape).astype(np.float32)
@@ -161,10 +173,15 @@ def test_torch_semantics_adam_agrees_at_exact_zeros(problem, monkeypatch):
     real_x = rng.standard_normal((REAL,) + shape).astype(np.float32)
     model = make_model("convnet", image_shape=shape, num_classes=C, width=WIDTH, depth=DEPTH)
     params0, state0 = model.init(jax.random.key(2))
-    g, tg = _torch_semantics_grads(problem, images, real_x, problem["real_y"], params0, state0, model)
+    args = (problem, images, real_x, problem["real_y"], params0, state0, model)
+    g, tg = _torch_semantics_grads(*args, x64=True)
     chex.assert_tree_all_finite([g, tg])
-    assert rel_err(g, tg) <= TOL, rel_err(g, tg)
+    # the zero channel's meta-gradient is ~1/eps larger (d u / d g = 1 / (c1·eps) at g = 0) and dominates
+    # the norm: check the other channel on its own too
+    assert np.abs(g[..., 1]).max() > 1e3 * np.abs(g[..., 0]).max()
+    assert rel_err(g, tg) <= 1e-10, rel_err(g, tg)
+    assert rel_err(g[..., 0], tg[..., 0]) <= 1e-10, rel_err(g[..., 0], tg[..., 0])
     # the zeros are real: without the mask the torch reference's meta-gradient is NaN
     monkeypatch.setattr(tr, "_mask_grad_where", lambda mask: (lambda grad: grad))
-    _, tg_unmasked = _torch_semantics_grads(problem, images, real_x, problem["real_y"], params0, state0, model)
+    _, tg_unmasked = _torch_semantics_grads(*args, x64=True)
     assert not np.isfinite(tg_unmasked).all()
