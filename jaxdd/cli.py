@@ -317,6 +317,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
           + f", {result['steps']} steps, lr {result['lr']:g}, augment {result['augment']}")
     print(f"{args.split} accuracy: {100 * result['accuracy_mean']:.2f} ± {100 * result['accuracy_std']:.2f} % "
           f"over {result['num_models']} networks [{accs}] in {result['seconds']:.1f} s")
+    at = result.get("accuracy_at") or {}
+    if len(at) > 1:
+        print("by training steps: " + ", ".join(f"{step}: {100 * a['mean']:.2f} %" for step, a in at.items())
+              + (f"; chosen on the validation split: {result['chosen_steps']} steps, "
+                 f"{100 * result['accuracy_chosen']['mean']:.2f} %" if result.get("chosen_steps") else ""))
     if args.json:
         print(json.dumps(result, sort_keys=True))
     return 0
