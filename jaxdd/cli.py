@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers.required = True
     add_distill_parser(subparsers)
     add_evaluate_parser(subparsers)
+    from jaxdd import experts, scores
+    experts.add_parser(subparsers)
+    scores.add_parser(subparsers)
     return parser
 
 
