@@ -49,11 +49,12 @@ def save_scores(path, scores, labels, kind: str) -> None:
 
 def read_score_file(path) -> tuple[np.ndarray, np.ndarray]:
     """(scores float32 [N], labels int [N]) of a score file, as stored (no conversion)."""
-    scores, labels, _ = _read(path)
+    scores, labels, _, _ = _read(path)
     return scores, labels
 
 
-def _read(path) -> tuple[np.ndarray, np.ndarray, str | None]:
+def _read(path) -> tuple[np.ndarray, np.ndarray, str | None, bool]:
+    """(scores, labels, stored kind or None, whether the scores are already "higher = harder")."""
     path = Path(path)
     require(path.is_file(), f"no score file {path}: give an npz with 'scores' and 'labels' (or an experts folder)")
     try:
@@ -71,7 +72,7 @@ def _read(path) -> tuple[np.ndarray, np.ndarray, str | None]:
     require(np.issubdtype(scores.dtype, np.number) and bool(np.all(np.isfinite(scores))),
             f"{path}: scores must be finite numbers")
     kind = str(arrays["kind"]) if "kind" in arrays else None
-    return scores.astype(np.float32), labels, kind
+    return scores.astype(np.float32), labels, kind, bool(arrays.get("higher_is_harder", False))
 
 
 def cscore_to_difficulty(cscores) -> np.ndarray:
@@ -93,8 +94,9 @@ def load_scores(source, dataset, *, kind: str | None = None, **el2n_options) -> 
     """Difficulty scores for ``dataset``'s training split: float32 [N_train], higher = harder.
 
     ``source``: ``"el2n"`` (computed now, :func:`el2n_scores` with ``el2n_options``), an experts folder
-    (its forgetting.npz), or an npz file. A file written by jaxdd names its kind; a file without one
-    is read as a C-score file (low = hard) and converted; ``kind`` states or checks the file's kind.
+    (its forgetting.npz), or an npz file. A file written by :func:`save_scores` names its kind and is
+    already "higher = harder"; any other file is raw: a C-score file (low = hard, converted to 1 − C)
+    unless ``kind`` says otherwise. ``kind`` given for a jaxdd file must match its stored kind.
     """
     require(kind in (None,) + KINDS, f"unknown score kind {kind!r}: use one of {', '.join(KINDS)}")
     if str(source) == "el2n":
@@ -104,11 +106,13 @@ def load_scores(source, dataset, *, kind: str | None = None, **el2n_options) -> 
         path = path / FORGETTING_FILE
         require(path.is_file(), f"{source} has no {FORGETTING_FILE}: train the experts to the end "
                                 f"('jaxdd experts ... --resume') or give a score file")
-    scores, labels, stored = _read(path)
+    scores, labels, stored, oriented = _read(path)
     require(stored is None or kind in (None, stored),
             f"{path} holds {stored} scores, not {kind}: drop the kind or give a {kind} file")
     _check_against(path, scores, labels, dataset)
-    return cscore_to_difficulty(scores) if (stored or kind or "cscore") == "cscore" else scores
+    if oriented or (kind or "cscore") != "cscore":
+        return scores
+    return cscore_to_difficulty(scores)
 
 
 # ----------------------------------------------------------------------------------------------
