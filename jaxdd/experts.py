@@ -49,9 +49,8 @@ from jaxdd.data.folder import default_cache_dir
 from jaxdd.errors import require
 
 __all__ = ["train", "ensure", "for_run", "resolve_settings", "ExpertStore", "expert_keys", "fingerprint",
-           "default_expert_dir",
-           "ForgettingState", "forgetting_init", "forgetting_update", "forgetting_finalize", "forgetting_counts",
-           "add_parser", "DTYPES"]
+           "default_expert_dir", "ForgettingState", "forgetting_init", "forgetting_update", "forgetting_finalize",
+           "forgetting_counts", "add_parser", "DTYPES"]
 
 FORMAT = 1
 DTYPES = ("float32", "float16", "bfloat16")
@@ -71,10 +70,11 @@ class ForgettingState(NamedTuple):
     events: jax.Array  # int32 [N]: correct -> incorrect transitions so far
 
 
-def forgetting_init(num_examples: int) -> ForgettingState:
-    """Counters before the first presentation (nothing correct, nothing forgotten)."""
-    false = jnp.zeros((num_examples,), bool)
-    return ForgettingState(false, false, jnp.zeros((num_examples,), jnp.int32))
+def forgetting_init(num_examples: int, leading: tuple[int, ...] = ()) -> ForgettingState:
+    """Counters before the first presentation (nothing correct, nothing forgotten), shape
+    ``leading + (num_examples,)`` (e.g. ``leading=(experts,)`` for a vmapped group)."""
+    shape = tuple(leading) + (num_examples,)
+    return ForgettingState(jnp.zeros(shape, bool), jnp.zeros(shape, bool), jnp.zeros(shape, jnp.int32))
 
 
 def forgetting_update(state: ForgettingState, correct: jax.Array) -> ForgettingState:
@@ -432,9 +432,10 @@ def train(dataset, *, num_experts: int, epochs: int, out_dir, model: str = "conv
     if manifest is not None:
         require(resume, f"{out} already holds experts: resume them (--resume / resume=True) or use another folder")
         _check_fingerprint(manifest, dataset, out)
-        diff = {k: (manifest["settings"].get(k), v) for k, v in settings.items() if manifest["settings"].get(k) != v}
-        require(not diff, f"{out} holds experts with other settings ({', '.join(f'{k}: {a!r} there, {b!r} here' for k, (a, b) in diff.items())}): "
-                          f"use the same settings or another folder")
+        diff = [f"{k}: {manifest['settings'].get(k)!r} there, {v!r} here" for k, v in settings.items()
+                if manifest["settings"].get(k) != v]
+        require(not diff, f"{out} holds experts with other settings ({'; '.join(diff)}): use the same settings or "
+                          f"another folder")
         require(group_size in (None, manifest["group_size"]),
                 f"{out} was written with group size {manifest['group_size']}: resume with that group size")
     else:
@@ -458,7 +459,9 @@ def train(dataset, *, num_experts: int, epochs: int, out_dir, model: str = "conv
         bar = tqdm(total=total, initial=done, desc=f"{num_experts} experts × {epochs} epochs", unit="epoch")
     try:
         for gi, group in enumerate(manifest["groups"]):
-            if not group["complete"]:
+            if group["complete"]:  # a run stopped just before deleting the progress file
+                _progress_file(out, group).unlink(missing_ok=True)
+            else:
                 _train_group(out, manifest, gi, net, step, x_dev, y_dev, lr_dev, mesh, bar, on_epoch)
     finally:
         if bar is not None:
@@ -467,11 +470,15 @@ def train(dataset, *, num_experts: int, epochs: int, out_dir, model: str = "conv
     return ExpertStore(out, dataset)
 
 
+def _progress_file(out: Path, group: dict) -> Path:
+    return out / group["file"].replace(".npy", ".progress.npz")
+
+
 def _train_group(out, manifest, gi, net, step, x_dev, y_dev, lr_dev, mesh, bar, on_epoch):
     group, settings = manifest["groups"][gi], manifest["settings"]
     epochs, dtype = settings["epochs"], settings["dtype"]
     experts = range(group["first"], group["first"] + group["count"])
-    progress_file = out / group["file"].replace(".npy", ".progress.npz")
+    progress_file = _progress_file(out, group)
     params, state, train_keys = _init_group(net, settings["seed"], experts)
     shape = (group["count"], epochs + 1, manifest["num_params"])
     if progress_file.exists():
@@ -480,7 +487,7 @@ def _train_group(out, manifest, gi, net, step, x_dev, y_dev, lr_dev, mesh, bar, 
         require(snapshots.shape == shape, f"{out / group['file']} has shape {snapshots.shape}, expected {shape}: "
                                           f"the folder is damaged; delete it and train again")
     else:
-        forget = jax.tree.map(lambda a: jnp.broadcast_to(a, (group["count"],) + a.shape), forgetting_init(len(y_dev)))
+        forget = forgetting_init(len(y_dev), (group["count"],))
         metrics = {"loss": [[] for _ in experts], "accuracy": [[] for _ in experts]}
         snapshots = np.lib.format.open_memmap(out / group["file"], mode="w+", dtype=_storage_dtype(dtype), shape=shape)
         snapshots[:, 0] = _to_storage(_flat_rows(params), dtype)

@@ -247,3 +247,20 @@ def test_cli_experts_then_forgetting_scores(reference, tmp_path, capsys):
     with np.load(tmp_path / "f.npz") as f:
         np.testing.assert_array_equal(f["scores"], experts.ExpertStore(out).forgetting()[0])
         assert str(f["kind"]) == "forgetting"
+
+
+def test_batchnorm_experts_resume(digits, tmp_path):
+    # a model with state (batch-norm running statistics: saved in the progress file, not in the
+    # snapshots; training uses batch statistics, so the trajectory does not depend on them)
+    kwargs = dict(num_experts=2, epochs=2, width=4, depth=1, norm="batch", augment="none", batch_size=64,
+                  progress=False)
+
+    def stop(info):
+        raise Stop
+
+    with pytest.raises(Stop):
+        experts.train(digits, out_dir=tmp_path / "a", on_epoch=stop, **kwargs)
+    resumed = experts.train(digits, out_dir=tmp_path / "a", **kwargs)
+    straight = experts.train(digits, out_dir=tmp_path / "b", **kwargs)
+    np.testing.assert_array_equal(all_snapshots(resumed), all_snapshots(straight))
+    np.testing.assert_array_equal(resumed.forgetting()[0], straight.forgetting()[0])
