@@ -148,7 +148,7 @@ def _from_storage(rows: np.ndarray, dtype: str) -> np.ndarray:
         import ml_dtypes
 
         rows = np.asarray(rows).view(ml_dtypes.bfloat16)
-    return np.asarray(rows, np.float32)
+    return np.array(rows, np.float32)  # always a copy, never a view into the memory map
 
 
 def _storage_dtype(dtype: str):

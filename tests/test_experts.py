@@ -92,6 +92,7 @@ def test_store_layout(reference, digits):
     raw = np.load(store.path / "group_0001.npy", mmap_mode="r")
     assert isinstance(raw, np.memmap) and raw.shape == (2, EPOCHS + 1, net.num_params) and raw.dtype == np.float32
     chex.assert_shape(store.snapshot(3, 1), (net.num_params,))
+    assert type(store.snapshot(3, 1)) is np.ndarray and store.snapshot(3, 1).flags.writeable  # a copy
     chex.assert_shape(store.segment(1, 1, 3), (3, net.num_params))
     np.testing.assert_array_equal(store.segment(3, 1, 2)[1], store.snapshot(3, 2))
     manifest = json.loads((store.path / "manifest.json").read_text())
