@@ -84,6 +84,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     subparsers.required = True
     add_distill_parser(subparsers, _method_from(argv))
     add_evaluate_parser(subparsers)
+    from jaxdd import experts, scores
+    experts.add_parser(subparsers)
+    scores.add_parser(subparsers)
     return parser
 
 
