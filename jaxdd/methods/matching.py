@@ -44,6 +44,8 @@ class MatchingSettings(CommonSettings):
     expert_train_epochs: int = setting(15, "epochs of each expert when they are trained here")
     expert_dtype: str = setting("float32", "storage of expert snapshots: float32 | float16 | bfloat16")
     expert_augment: str = setting("dsa", "augmentation of the experts' training batches")
+    expert_lr: float = setting(0.01, "SGD rate of the experts (the papers' 0.01)")
+    expert_batch: int = setting(256, "minibatch of the experts (the papers' 256; smaller for small data sets)")
 
     def validate(self, ipc: int) -> "MatchingSettings":
         super().validate(ipc)
@@ -157,7 +159,8 @@ PUBLISHED = {
 # CPU sizes: a handful of short experts (digits: 8x8 standardized pixels, no augmentation).
 SMALL = {
     "digits": dict(syn_steps=20, expert_epochs=2, max_start_epoch=8, outer_lr=100.0, lr_lr=1e-5, syn_lr=0.01,
-                   num_experts=5, expert_train_epochs=15, augment="none", expert_augment="none", init="real"),
+                   num_experts=5, expert_train_epochs=15, augment="none", expert_augment="none", init="real",
+                   expert_batch=32, expert_lr=0.05),  # 256 / 0.01 leaves digits experts near chance (experts.md)
     "images32": dict(syn_steps=20, expert_epochs=2, max_start_epoch=8, outer_lr=100.0, lr_lr=1e-5, syn_lr=0.01,
                      num_experts=5, expert_train_epochs=15, augment="dsa", expert_augment="dsa", init="real"),
 }
