@@ -1,7 +1,7 @@
 """Expert training throughput (images/s) and storage per expert.
 
     python benchmarks/experts.py                                  # digits, ConvNet w32, 4 experts × 4 epochs
-    python benchmarks/experts.py --dataset ../shared/data/cifar10-jpeg.tar.xz --experts 2 --epochs 1
+    python benchmarks/experts.py --dataset /data/cifar10-jpeg.tar.xz --experts 2 --epochs 1
 
 Trains with `jaxdd.experts.train` into a temporary folder (DSA on, SGD lr 0.01, batch 256) and prints
 one JSON object. `compile_s` is an ahead-of-time compile of the same jitted epoch (same shapes),
