@@ -542,13 +542,20 @@ def ensure(dataset, *, out_dir=None, cache_dir=None, progress: bool = True, mesh
 
 def for_run(ctx) -> ExpertStore:
     """The experts a matching run needs, from its Context (settings, dataset, seed, mesh, cache_dir):
-    ``settings.experts`` if given (a folder), else trained into the cache with the run's network."""
+    ``settings.experts`` if given (a folder, checked against the run's data set and network), else the
+    cached ones for this data set and expert settings, trained first (with a progress bar) when missing
+    or unfinished: one command end to end for a newcomer."""
     s = ctx.settings
     if getattr(s, "experts", ""):
-        return ExpertStore(s.experts, ctx.dataset)
+        store = ExpertStore(s.experts, ctx.dataset)
+        require(store.num_params == ctx.model.num_params,
+                f"the experts in {s.experts} have {store.num_params} parameters but the run's network has "
+                f"{ctx.model.num_params}: use the experts' --width/--depth/--norm or other experts")
+        return store
     return ensure(ctx.dataset, cache_dir=ctx.cache_dir, mesh=ctx.mesh, num_experts=s.num_experts,
                   epochs=s.expert_train_epochs, model=s.model, width=s.width or None, depth=s.depth or None,
-                  norm=s.norm or None, augment=s.expert_augment, dtype=s.expert_dtype, seed=ctx.seed)
+                  norm=s.norm or None, augment=s.expert_augment, dtype=s.expert_dtype, seed=ctx.seed,
+                  lr=s.expert_lr, batch_size=s.expert_batch)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -630,26 +637,3 @@ def cmd_experts(args) -> int:
     if args.json:
         print(json.dumps(summary, sort_keys=True))
     return 0
-
-
-def for_run(ctx) -> ExpertStore:
-    """The experts a matching run needs: ``settings.experts`` if given (checked against the run's data
-    set and network), else the cached ones for this data set and expert settings, trained first (with a
-    progress bar) when missing or unfinished. One command end to end for a newcomer."""
-    s = ctx.settings
-    if s.experts:
-        store = ExpertStore(s.experts, ctx.dataset)
-        require(store.num_params == ctx.model.num_params,
-                f"the experts in {s.experts} have {store.num_params} parameters but the run's network has "
-                f"{ctx.model.num_params}: use the experts' --width/--depth/--norm or other experts")
-        return store
-    kwargs = dict(num_experts=s.num_experts, epochs=s.expert_train_epochs, model=s.model, width=s.width,
-                  depth=s.depth or None, norm=s.norm, augment=s.expert_augment, dtype=s.expert_dtype,
-                  lr=s.expert_lr, batch_size=s.expert_batch)
-    folder = default_expert_dir(ctx.dataset, resolve_settings(ctx.dataset, **kwargs), ctx.cache_dir)
-    manifest = _read_manifest(folder)
-    if manifest is None or not all(g["complete"] for g in manifest["groups"]):
-        print(f"jaxdd: training {s.num_experts} expert trajectories ({s.expert_train_epochs} epochs) into {folder}",
-              flush=True)
-        return train(ctx.dataset, out_dir=folder, resume=True, progress=True, mesh=ctx.mesh, **kwargs)
-    return ExpertStore(folder, ctx.dataset)
