@@ -22,7 +22,7 @@ from jaxdd.errors import JaxddError, require
 SETTINGS, METRICS, DISTILLED, GRID, CURVES = "settings.json", "metrics.jsonl", "distilled.npz", "grid.png", "curves.png"
 REPORT, REPORT_PLOT, CHECKPOINTS = "report.json", "report.png", "checkpoints"
 RESULTS = (DISTILLED, GRID, CURVES, REPORT, REPORT_PLOT, METRICS, SETTINGS)
-CURVE_KEYS = ("loss", "accuracy", "prefix", "window", "val_accuracy")
+CURVE_KEYS = ("loss", "accuracy", "prefix", "window", "at_stage", "syn_lr", "val_accuracy")
 
 
 def path(out: str, name: str) -> str:
