@@ -613,7 +613,7 @@ def add_parser(subparsers):
 def cmd_experts(args) -> int:
     from jaxdd import data
 
-    dataset = data.load(args.dataset, normalize=args.normalize, cache_dir=args.cache_dir)
+    dataset = data.load(args.dataset, normalize=args.normalize or "standardize", cache_dir=args.cache_dir)
     settings = dict(num_experts=args.experts, epochs=args.epochs, model=args.model, width=args.width,
                     depth=args.depth, norm=args.norm, lr=args.lr, batch_size=args.batch_size, augment=args.augment,
                     seed=args.seed, dtype=args.dtype)

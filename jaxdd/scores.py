@@ -216,7 +216,7 @@ def cmd_scores(args) -> int:
 
     require(args.kind == "el2n" or args.source, f"--kind {args.kind} needs --from PATH")
     require(args.kind != "el2n" or not args.source, "--kind el2n computes the scores: drop --from")
-    dataset = data.load(args.dataset, normalize=args.normalize, cache_dir=args.cache_dir)
+    dataset = data.load(args.dataset, normalize=args.normalize or "standardize", cache_dir=args.cache_dir)
     if args.kind == "el2n":
         scores = el2n_scores(dataset, num_models=args.models, epochs=args.epochs, width=args.width,
                              batch_size=args.batch_size, lr=args.lr, seed=args.seed)
