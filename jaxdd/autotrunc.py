@@ -259,8 +259,8 @@ def schedule_metrics(state: dict) -> dict:
     """Scalars for metrics.jsonl: stage (0/1/2), β, stall counters, last pass accuracy (points),
     passes, fraction of the g table seen, and the table's mean g and mean v."""
     g, v = table_stats(state["table"])
-    return {"at_stage": state["stage"], "at_beta": state["beta"], "at_stall_em": state["stall_em"], "at_stall_ml": state["stall_ml"],
-            "at_pass_accuracy": state["pass_acc"], "at_passes": state["passes"],
+    return {"at_stage": state["stage"], "at_beta": state["beta"], "at_stall_em": state["stall_em"],
+            "at_stall_ml": state["stall_ml"], "at_pass_accuracy": state["pass_acc"], "at_passes": state["passes"],
             "at_seen": (state["table"]["count"] > 0).mean(), "at_g_mean": g.mean(), "at_v_mean": v.mean()}
 
 
