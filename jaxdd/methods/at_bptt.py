@@ -6,8 +6,11 @@ probabilities from a running table of inner-gradient norms filled by the steps e
 anyway (no probe run), and a window W* ∈ [W − d, W + d] from the gradient variation at the chosen
 step, run through the masked window (one compilation for every W*). With `--lowrank K`, the window's
 backward multiplies by a rank-K Hessian H ≈ U diag(λ) Uᵀ (Lanczos on HVPs) instead of exact
-second derivatives with respect to the parameters; the factors are constants, refreshed every
-`--lowrank-every` outer steps or when the gradient table drifts by `--lowrank-drift`.
+second derivatives with respect to the parameters, the factors taken as constants: by default each
+network's own at its window start (cosine to the exact meta-gradient 0.91-0.94 at K 8-32 on digits
+w32, benchmarks/at_bptt_cosine.py); `--lowrank-source shared` keeps one set refreshed every
+`--lowrank-every` outer steps or on drift of the gradient table (cheaper, and measured no better
+than no Hessian at all when the factors come from another network).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ class ATSettings(bptt.BPTTSettings):
     window_mode: str = setting("adaptive", "adaptive (W* from the gradient variation) | fixed (W)")
     stats_ema: float = setting(0.9, "decay of the running table of inner-gradient norms")
     lowrank: int = setting(0, "rank K of the Hessian in the window's backward (0: exact backward)")
+    lowrank_source: str = setting("window", "low-rank factors from each network's own window start, every step "
+                                            "(window), or one shared set refreshed every K steps / on drift (shared)")
     lowrank_every: int = setting(20, "outer steps between refreshes of the low-rank factors")
     lowrank_drift: float = setting(0.1, "refresh the factors when the gradient table moves by this fraction")
 
@@ -49,6 +54,8 @@ class ATSettings(bptt.BPTTSettings):
                 f"unknown --window-mode '{self.window_mode}': use {', '.join(autotrunc.WINDOW_MODES)}")
         require(self.tau > 0 and 0 <= self.stats_ema < 1, "--tau must be positive and --stats-ema in [0, 1)")
         require(self.lowrank >= 0 and self.lowrank_every >= 1, "--lowrank must be >= 0 and --lowrank-every >= 1")
+        require(self.lowrank_source in ("window", "shared"),
+                f"unknown --lowrank-source '{self.lowrank_source}': use window or shared")
         return self
 
 
@@ -63,6 +70,15 @@ def build(ctx):
     params_like, state_like = model.init(jax.random.key(0))
     dim = sum(a.size for a in jax.tree.leaves(params_like))
     require(s.lowrank <= dim, f"--lowrank {s.lowrank} is larger than the network's {dim} parameters")
+
+    if s.lowrank_source == "window":
+        def at_window_start(carry, theta, consts):
+            images, labels, _ = synthetic.assemble(theta, consts)
+            loss = hessian.inner_loss(model, carry.model_state, jax.lax.stop_gradient(images), labels)
+            factors = hessian.low_rank_hessian(loss, carry.params, s.lowrank, jax.random.fold_in(jax.random.key(0), carry.t))
+            return hessian.low_rank_grad_map(model, factors)
+
+        return bptt.build(ctx, schedule, grad_map_at=at_window_start, schedule_metrics=autotrunc.schedule_metrics)
 
     def zero_factors():
         return (jnp.zeros((s.lowrank,), jnp.float32),

@@ -90,17 +90,20 @@ def inner_config(settings: BPTTSettings, ipc: int, num_classes: int) -> inner.In
 
 def meta_gradient(model: Model, cfg: inner.InnerConfig, theta, consts, params0, model_state0, real_x, real_y,
                   key, prefix, *, window: int, length=None, remat="full", chunk=None, grad_map=None,
-                  real_augment="none"):
+                  real_augment="none", grad_map_at=None):
     """One member's meta-gradient d L(θ_{N+W}; real) / d theta, and its metrics.
 
     The window (static `window`, or the masked window of traced `length` <= window) is differentiated
     by one VJP whose cotangent λ = ∇_θ L is computed in chunks over the real batch (exact; memory of
-    one chunk).
+    one chunk). grad_map_at(carry, theta, consts) -> a gradient map for the window, built from the
+    state at the window start (AT-BPTT's low-rank factors there); it replaces `grad_map` in the window.
     """
     k_steps, k_real = jax.random.split(key)
     xs = jax.random.split(k_steps, cfg.total_steps)
     step = inner.make_step(model, cfg, consts, grad_map=grad_map)
     carry = run_prefix(step, inner.init_carry(params0, model_state0, cfg), theta, xs, prefix)
+    if grad_map_at is not None:
+        step = inner.make_step(model, cfg, consts, grad_map=grad_map_at(carry, theta, consts))
     real_x = get_augment(real_augment)(real_x, k_real)
 
     def cotangent(end):
@@ -139,12 +142,13 @@ def schedule_for(settings: BPTTSettings, kind: str) -> truncation.Schedule:
     return truncation.SCHEDULES[kind](settings.unroll_steps, settings.window)
 
 
-def build(ctx, schedule: truncation.Schedule, *, grad_map_fn=None, extra_init=None, schedule_metrics=None,
-          block_rates=None) -> Method:
+def build(ctx, schedule: truncation.Schedule, *, grad_map_fn=None, grad_map_at=None, extra_init=None,
+          schedule_metrics=None, block_rates=None) -> Method:
     """The BPTT-family method over `schedule`: init / step / batch / finalize / members.
 
     grad_map_fn(state) -> a replacement inner-gradient map or None, called inside the traced step
-    (AT-BPTT's low-rank backward, whose factors live in the state); extra_init() -> a pytree kept in
+    (AT-BPTT's low-rank backward, whose factors live in the state); grad_map_at(carry, theta, consts):
+    one built per member at its window start (see meta_gradient); extra_init() -> a pytree kept in
     method_state["extra"] for a method built on this one; schedule_metrics(state) -> dict adds the
     schedule's own numbers to every metrics row; block_rates(theta) -> {block: rate} sets per-block
     outer learning rates (Boost-DD).
@@ -193,7 +197,8 @@ def build(ctx, schedule: truncation.Schedule, *, grad_map_fn=None, extra_init=No
         def member(p0, s0, x, y, k, n, w):
             return meta_gradient(model, cfg, state.theta, state.consts, p0, s0, x, y, k, n,
                                  window=schedule.max_window, length=w if schedule.masked else None, remat=remat,
-                                 chunk=chunk, grad_map=grad_map, real_augment=settings.real_augment)
+                                 chunk=chunk, grad_map=grad_map, real_augment=settings.real_augment,
+                                 grad_map_at=grad_map_at)
 
         grads, m = jax.vmap(member)(m_in["params0"], m_in["model_state0"], m_in["real_x"], m_in["real_y"],
                                     m_in["keys"], m_in["prefix"], m_in["length"])
