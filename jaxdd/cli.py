@@ -194,8 +194,9 @@ def cmd_distill(args: argparse.Namespace) -> int:
                                    + f"-{args.method}-ipc{args.ipc}")
     mesh = parallel.make_mesh(args.devices)
     result = distill(args.dataset, args.method, args.ipc, args.steps, out=out, seed=args.seed, resume=args.resume,
-                     overwrite=args.overwrite, progress="quiet" if args.no_progress else True, final_eval=not args.no_eval,
-                     published=args.published, mesh=mesh, cache_dir=args.cache_dir, **overrides)
+                     overwrite=args.overwrite, progress="quiet" if args.no_progress else True,
+                     final_eval=not args.no_eval, published=args.published, mesh=mesh, cache_dir=args.cache_dir,
+                     **overrides)
     last = result.metrics[-1] if result.metrics else {}
     print(f"{args.method} IPC {args.ipc} on {args.dataset}: {len(result.metrics)} steps recorded, last outer loss "
           f"{last.get('loss', float('nan')):.4f}, {int(last.get('skipped_total', 0))} skipped updates; wrote {out}/")

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from jaxdd import checkpoint, methods, parallel, presets, rundir, synthetic
-from jaxdd.errors import Interrupted, JaxddError, require, signal_name
+from jaxdd.errors import Interrupted, require, signal_name
 from jaxdd.initial import initial_set
 from jaxdd.models import make_model
 from jaxdd.progress import Progress
@@ -238,8 +238,8 @@ def loop(run: Run, *, progress=True) -> None:
                 report.step(row)
                 if stop.signum is not None:
                     break
-        except KeyboardInterrupt:  # only where no handler could be installed (not the main thread)
-            stop.signum = signal.SIGINT
+        except KeyboardInterrupt as err:  # only where no handler could be installed (not the main thread)
+            stop.signum = getattr(err, "signum", signal.SIGINT)
         finally:
             report.close()
         if run.mgr is not None:
@@ -280,7 +280,8 @@ def finish(run: Run, *, final_eval: bool = True, progress=False) -> DistillResul
             signum = getattr(err, "signum", signal.SIGINT)
             saved = (f"the set is saved in {rundir.path(run.out, rundir.DISTILLED)}: score it with 'jaxdd evaluate "
                      f"{rundir.path(run.out, rundir.DISTILLED)}'" if write else "nothing was saved (no output folder)")
-            raise Interrupted(f"stopped by {signal_name(signum)} during the final evaluation; {saved}", signum) from None
+            raise Interrupted(f"stopped by {signal_name(signum)} during the final evaluation; {saved}",
+                              signum) from None
     return result
 
 
@@ -290,16 +291,16 @@ def _final_evaluation(run: Run, arrays: dict, result: DistillResult, report: Pro
     images0, labels0, k_init = run.initial
     baseline = images0 if run.settings.init == "real" else initial_set(run.dataset, run.record["ipc"], "real",
                                                                         k_init)[0]
-    report.note(f"scoring the distilled set ({what})")
+    report.detail(f"scoring the distilled set ({what})")
     result.evaluation = evaluate_set(run, arrays, split="test", progress=report.bar_on)
-    report.note(f"distilled set: test accuracy {100 * result.evaluation['accuracy_mean']:.2f} %; scoring random "
+    report.detail(f"distilled set: test accuracy {100 * result.evaluation['accuracy_mean']:.2f} %; scoring random "
                 f"real images of the same size ({what})")
     result.baseline = evaluate_set(run, {"images": baseline, "labels": labels0}, split="test", progress=report.bar_on)
-    report.note(f"random real images: test accuracy {100 * result.baseline['accuracy_mean']:.2f} %")
+    report.detail(f"random real images: test accuracy {100 * result.baseline['accuracy_mean']:.2f} %")
     run.record = dict(run.record, test_accuracy=result.evaluation["accuracy_mean"],
                       random_real_accuracy=result.baseline["accuracy_mean"])
     if run.method.report is not None:
-        report.note("scoring the method's extra report")
+        report.detail("scoring the method's extra report")
         result.report = run.method.report(arrays, lambda images, labels: evaluate_set(
             run, {"images": images, "labels": labels}, split="test"))
         if write:

@@ -3,6 +3,7 @@
 Modes (the `progress` argument of `jaxdd.distill`): True — a bar when stderr is a terminal, else a
 line every max(1, steps // 20) steps (a log file or a SLURM output file stays readable); "lines" —
 always lines; "quiet" — only the start and end lines (`jaxdd distill --no-progress`); False — nothing.
+With a bar or lines, the final evaluation says what it is scoring and the accuracies as they come.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ LINES_PER_RUN = 20
 
 
 class Progress:
-    """start(...), step(row), note(text), close(); every line starts with 'distill: '."""
+    """start(...), step(row), detail(text), note(text), close(); every line starts with 'distill: '."""
 
     def __init__(self, mode, *, stream=None):
         require(any(mode is m or (isinstance(m, str) and mode == m) for m in MODES),
@@ -53,8 +54,13 @@ class Progress:
             extra = f", val accuracy {100 * row['val_accuracy']:.2f} %" if "val_accuracy" in row else ""
             self.note(f"step {n}/{self.total}, loss {row['loss']:.4f}{extra} ({self.elapsed():.1f} s)")
 
+    def detail(self, text: str) -> None:
+        """One line of progress (the final evaluation's parts): with the bar or the lines only."""
+        if self.mode in ("bar", "lines"):
+            self.note(text)
+
     def note(self, text: str) -> None:
-        """One line (start, end, evaluation), in every mode but False."""
+        """One line (start, end), in every mode but False."""
         if self.mode is False:
             return
         if self.bar is not None:
