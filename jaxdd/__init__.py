@@ -10,7 +10,7 @@ The public entry points (the contract; docs/architecture.md):
 
 The modules behind them (docs/architecture.md): data/, models, augment, unroll, truncation, inner,
 outer, hessian, synthetic, initial, settings, methods/ (the method interface and registry), presets,
-distillation (the driver), rundir (the run folder), evaluation, parallel, checkpoint, viz, cli.
+distillation (the driver), rundir (the run folder), progress, evaluation, parallel, checkpoint, viz, cli.
 """
 
 from jaxdd import data, methods

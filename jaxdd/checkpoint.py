@@ -1,16 +1,38 @@
-"""Orbax save / restore of the whole distillation state (PRNG key included)."""
+"""Orbax save / restore of the whole distillation state (PRNG key included).
+
+A run may be stopped at any moment (SIGKILL included), so: Orbax writes a checkpoint under a
+temporary name and renames it when complete; `manager` removes what an interrupted write left
+behind (one warning line instead of absl's); `restore_latest` falls back from a damaged newest
+checkpoint to the newest one that restores, sets the damaged ones aside as ``<step>.damaged`` and
+says so in one line.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 
 import jax
 import orbax.checkpoint as ocp
 
+from jaxdd.errors import JaxddError, one_line, warn
+
+UNFINISHED = ".orbax-checkpoint-tmp"  # Orbax's suffix of a checkpoint being written
+DAMAGED = ".damaged"
+
 
 def manager(directory, *, max_to_keep: int = 2) -> ocp.CheckpointManager:
-    """A CheckpointManager over `directory` (created if missing) keeping the newest `max_to_keep`."""
+    """A CheckpointManager over `directory` (created if missing) keeping the newest `max_to_keep`;
+    checkpoints left unfinished by a killed run are removed first."""
     directory = os.path.abspath(os.fspath(directory))
+    _quiet_orbax()
+    if os.path.isdir(directory) and jax.process_index() == 0:
+        for name in sorted(os.listdir(directory)):
+            if UNFINISHED in name:
+                shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+                warn(f"removed the unfinished checkpoint {name.split('.')[0]} in {directory} (the run was stopped "
+                     f"while writing it)")
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
     return ocp.CheckpointManager(directory, options=options)
 
@@ -24,22 +46,47 @@ def save(mgr: ocp.CheckpointManager, step: int, state) -> None:
 
 
 def restore_latest(mgr: ocp.CheckpointManager, like):
-    """(step, state) of the newest checkpoint restored into the structure of `like`; (None, like) if none.
+    """(step, state, mgr) of the newest checkpoint that restores, into the structure of `like` (a pytree,
+    or a function step -> pytree for states whose shape depends on the step); (None, like, mgr) if there
+    is none. Use the returned manager from then on.
 
-    Arrays come back on the sharding of `like`'s arrays, so a state written with 8 devices restores on 1
-    and the reverse.
+    A checkpoint that fails to restore (truncated or garbled files) is renamed ``<step>.damaged`` and
+    reported in one warning line once an older one restores; if none does, a one-line JaxddError (and
+    nothing is renamed). Each attempt after a failure uses a fresh `manager(directory)` (a failed restore leaves
+    Orbax's manager unable to restore any step). Arrays come back on the sharding of `like`'s arrays, so
+    a state written with 8 devices restores on 1 and the reverse.
     """
-    step = mgr.latest_step()
-    if step is None:
-        return None, like
+    like_at = like if callable(like) else (lambda step: like)
+    steps = sorted(mgr.all_steps(), reverse=True)
+    if not steps:
+        return None, like_at(None), mgr
 
     def abstract(x):
         if isinstance(x, jax.Array):
             return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
         return ocp.utils.to_shape_dtype_struct(x)
 
-    state = mgr.restore(step, args=ocp.args.StandardRestore(jax.tree.map(abstract, like)))
-    return step, state
+    directory = os.fspath(mgr.directory)
+    damaged = []
+    for step in steps:
+        if damaged:
+            mgr.close()
+            mgr = manager(directory)
+        try:
+            state = mgr.restore(step, args=ocp.args.StandardRestore(jax.tree.map(abstract, like_at(step))))
+        except Exception as err:  # noqa: BLE001 - Orbax / TensorStore raise many types for damaged files
+            damaged.append((step, err))
+            continue
+        if damaged:
+            _set_aside(directory, [s for s, _ in damaged])
+            mgr.reload()
+            warn(f"checkpoint(s) at step {', '.join(str(s) for s, _ in damaged)} in {directory} could not be read "
+                 f"({_reason(damaged[0][1])}): resuming from step {step}; the damaged ones are kept as "
+                 f"<step>{DAMAGED}")
+        return step, state, mgr
+    mgr.close()
+    raise JaxddError(f"no checkpoint in {directory} can be read (step {', '.join(str(s) for s, _ in damaged)}: "
+                     f"{_reason(damaged[0][1])}): start again with --overwrite, or use another --out")
 
 
 def latest_step_in(directory) -> int | None:
@@ -49,3 +96,38 @@ def latest_step_in(directory) -> int | None:
         return None
     steps = [int(name) for name in os.listdir(directory) if name.isdigit()]
     return max(steps) if steps else None
+
+
+def _set_aside(directory: str, steps) -> None:
+    if jax.process_index() != 0:
+        return
+    for step in steps:
+        target = os.path.join(directory, f"{step}{DAMAGED}")
+        shutil.rmtree(target, ignore_errors=True)  # an older damaged copy of the same step
+        os.replace(os.path.join(directory, str(step)), target)
+
+
+def _reason(err: Exception, limit: int = 160) -> str:
+    """The root cause's type and the first line of its message, shortened (TensorStore's run to pages)."""
+    while err.__cause__ is not None or err.__context__ is not None:
+        err = err.__cause__ or err.__context__
+    first = one_line(str(err).strip().splitlines()[0] if str(err).strip() else "")
+    first = first if len(first) <= limit else first[: limit - 3] + "..."
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
+class _UnfinishedFilter(logging.Filter):
+    """Orbax's absl warning about an unfinished checkpoint it removes becomes one jaxdd warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "not finalized" in str(record.msg):
+            where = record.args[0] if record.args else "left by a stopped run"
+            warn(f"removed the unfinished checkpoint {where}")
+            return False
+        return True
+
+
+def _quiet_orbax() -> None:
+    logger = logging.getLogger("absl")
+    if not any(isinstance(f, _UnfinishedFilter) for f in logger.filters):
+        logger.addFilter(_UnfinishedFilter())

@@ -1,23 +1,28 @@
 """The ``jaxdd`` command line (``jaxdd ...`` or ``python -m jaxdd ...``).
 
 One argparse subparser per subcommand, each handled by one ``cmd_<name>(args) -> int`` function.
-User mistakes (JaxddError, a missing or unreadable file) print ``jaxdd: error: <message>`` on one
-line of stderr and exit with status 2; Ctrl-C exits with 130. Anything else is a bug and keeps its
-traceback.
+User mistakes (JaxddError, a usage error, a missing or unwritable file) print ``jaxdd: error: <message>``
+on one line of stderr and exit with status 2; warnings are one ``jaxdd: warning: ...`` line each.
+SIGINT (Ctrl-C) and SIGTERM print one line saying what was kept and exit with 130 and 143 (128 +
+the signal's number; a distillation checkpoints first, docs/runs.md). Anything else is a bug and keeps
+its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import warnings
 from typing import Sequence
 
-from jaxdd.errors import JaxddError
+from jaxdd.errors import Interrupted, JaxddError, JaxddWarning, signal_name
 
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 128  # + the signal's number: 130 for SIGINT, 143 for SIGTERM
 
 EVALUATE_EPILOG = """\
 examples:
@@ -74,8 +79,15 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, normalize: bool = Tru
                        help="where decoded archives / downloads are cached (default: the loader's choice)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line (`jaxdd: error: ...`), like every other error."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"jaxdd: error: {' '.join(message.split())} (see '{self.prog} --help')\n")
+
+
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="jaxdd",
         description="Dataset distillation in pure-functional JAX.",
         epilog="run 'jaxdd COMMAND --help' for the options of one command",
@@ -103,7 +115,10 @@ settings where the method has them (a GPU job). Every preset value is overridden
 same name below; `jaxdd distill --method M --help` lists the settings of method M.
 
 outputs in --out: distilled.npz (images, labels, lr, settings JSON), grid.png, metrics.jsonl,
-settings.json and checkpoints/. Ctrl-C saves a checkpoint; --resume continues exactly.
+settings.json and checkpoints/. An --out that holds results is refused unless --resume (continue
+from its newest checkpoint; settings that change the result must be the same) or --overwrite. Ctrl-C
+and SIGTERM (SLURM, kill) finish the current step, save a checkpoint and exit with 130 / 143; --resume
+continues exactly (docs/runs.md). On a terminal a progress bar, elsewhere a line every steps/20.
 """
 
 
@@ -169,7 +184,8 @@ def add_distill_parser(subparsers, method: str = "rat-bptt") -> argparse.Argumen
     out = p.add_argument_group("output")
     out.add_argument("--no-eval", action="store_true", help="skip the final evaluation of the set and the baseline")
     out.add_argument("--json", action="store_true", help="print one JSON summary object as the last line of stdout")
-    out.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    out.add_argument("--no-progress", action="store_true",
+                     help="no progress bar or progress lines on stderr, only the start and end lines")
     p.set_defaults(func=cmd_distill, settings_type=spec.settings)
     return p
 
@@ -190,8 +206,9 @@ def cmd_distill(args: argparse.Namespace) -> int:
                                    + f"-{args.method}-ipc{args.ipc}")
     mesh = parallel.make_mesh(args.devices)
     result = distill(args.dataset, args.method, args.ipc, args.steps, out=out, seed=args.seed, resume=args.resume,
-                     overwrite=args.overwrite, progress=not args.no_progress, final_eval=not args.no_eval,
-                     published=args.published, mesh=mesh, cache_dir=args.cache_dir, **overrides)
+                     overwrite=args.overwrite, progress="quiet" if args.no_progress else True,
+                     final_eval=not args.no_eval, published=args.published, mesh=mesh, cache_dir=args.cache_dir,
+                     **overrides)
     import jax
 
     if jax.process_index() != 0:  # several processes: process 0 reports
@@ -366,14 +383,60 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # --help (0) or an argparse usage error (2, message already printed)
         return int(exit_.code or 0) if not isinstance(exit_.code, str) else EXIT_USAGE
     try:
-        return int(args.func(args) or 0)
+        with _one_line_warnings(), _terminate_as_interrupt():
+            return int(args.func(args) or 0)
     except KeyboardInterrupt as err:
-        print(f"jaxdd: {err or 'interrupted'}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except (JaxddError, FileNotFoundError, IsADirectoryError, PermissionError) as err:
-        message = " ".join(str(err).split()) or type(err).__name__
-        print(f"jaxdd: error: {message}", file=sys.stderr)
+        signum = getattr(err, "signum", signal.SIGINT)
+        print(f"jaxdd: {str(err) or f'stopped by {signal_name(signum)}'}", file=sys.stderr)
+        return EXIT_INTERRUPTED + signum
+    except JaxddError as err:
+        print(f"jaxdd: error: {' '.join(str(err).split())}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as err:  # a missing, unreadable or unwritable file, a full disk
+        where = f": {err.filename}" if err.filename else ""
+        print(f"jaxdd: error: {err.strerror or ' '.join(str(err).split()) or type(err).__name__}{where}",
+              file=sys.stderr)
+        return EXIT_USAGE
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM raises `Interrupted` like Ctrl-C (a distillation's loop installs its own, gentler handler)."""
+
+    def interrupt(signum, frame):
+        raise Interrupted("", signum)
+
+    try:
+        previous = signal.getsignal(signal.SIGTERM)
+        if previous is not signal.SIG_IGN:
+            signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def _one_line_warnings():
+    """Every warning of jaxdd on one `jaxdd: warning: ...` line of stderr (others as Python prints them)."""
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        if issubclass(category, JaxddWarning) or text.startswith("jaxdd:"):
+            text = text[len("jaxdd:"):].strip() if text.startswith("jaxdd:") else text
+            print(f"jaxdd: warning: {text}", file=file or sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":  # pragma: no cover

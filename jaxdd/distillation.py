@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -17,9 +19,10 @@ import jax
 import numpy as np
 
 from jaxdd import checkpoint, methods, parallel, presets, rundir, synthetic
-from jaxdd.errors import JaxddError, require
+from jaxdd.errors import Interrupted, require, signal_name
 from jaxdd.initial import initial_set
 from jaxdd.models import make_model
+from jaxdd.progress import Progress
 
 
 @dataclasses.dataclass
@@ -77,6 +80,8 @@ def prepare(dataset="digits", method: str = "rat-bptt", ipc: int = 1, steps: int
     """Resolve settings, check every input, load the data, build the method and its state (restored
     from out/checkpoints with `resume`). Nothing is written before every check has passed."""
     spec = methods.get(method)
+    require(not (resume and overwrite), "--resume and --overwrite contradict each other: --resume continues the "
+                                        "run in --out, --overwrite replaces it; pass one of them")
     name = str(dataset) if isinstance(dataset, (str, os.PathLike)) else getattr(dataset, "name", "dataset")
     require(isinstance(ipc, (int, np.integer)) and not isinstance(ipc, bool) and ipc >= 1,
             f"--ipc must be a positive integer, got {ipc!r}")
@@ -137,7 +142,7 @@ def _open_run_folder(run: Run, resume: bool) -> None:
     """Create the folder and the checkpoint manager; on resume, check settings and restore the state."""
     import shutil
 
-    os.makedirs(run.out, exist_ok=True)
+    rundir.make(run.out)
     if not resume and run.primary:
         shutil.rmtree(rundir.path(run.out, rundir.CHECKPOINTS), ignore_errors=True)
         for name in rundir.RESULTS:
@@ -153,11 +158,9 @@ def _open_run_folder(run: Run, resume: bool) -> None:
                           f"options or another --out")
         run.steps = max(run.steps, int(saved.get("steps", 0)))
         run.record["steps"] = run.steps
-        like = run.state
-        latest = run.mgr.latest_step()
-        if run.method.grow is not None and latest:
-            like = run.method.grow(like, latest - 1)
-        done, run.state = checkpoint.restore_latest(run.mgr, like)
+        grow, fresh = run.method.grow, run.state
+        done, run.state, run.mgr = checkpoint.restore_latest(
+            run.mgr, lambda step: grow(fresh, step - 1) if grow is not None and step else fresh)
         run.rows = rundir.read_metrics(run.out, done)
     if run.primary:
         rundir.write_metrics(run.out, run.rows)  # rows past the checkpoint are recomputed
@@ -168,8 +171,36 @@ def _open_run_folder(run: Run, resume: bool) -> None:
 RESUMABLE = {"checkpoint_every", "eval_every", "eval_steps", "eval_models"}
 
 
-def loop(run: Run, *, progress: bool = True) -> None:
-    """Run outer steps from the state's step to run.steps; checkpoint at the cadence and on Ctrl-C."""
+class StopOnSignal:
+    """While active (a context manager), SIGINT and SIGTERM only record that a stop was asked for
+    (`signum`: the first one's number); the loop finishes its step, checkpoints and stops. A second
+    signal (SLURM may send two, an impatient user presses Ctrl-C twice) changes nothing, so a
+    checkpoint being written is never cut. The previous handlers come back on exit. A signal the process
+    ignores (SIGINT in a background job) stays ignored; outside the main thread (where Python cannot
+    install handlers) it does nothing."""
+
+    def __enter__(self):
+        self.signum, self.previous = None, {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                if signal.getsignal(sig) is not signal.SIG_IGN:  # an ignored signal (a background job) stays so
+                    self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is None:
+            self.signum = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        return False
+
+
+def loop(run: Run, *, progress=True) -> None:
+    """Run outer steps from the state's step to run.steps; checkpoint at the cadence, after the last step,
+    and on SIGINT / SIGTERM, which end the current step (its metrics row written) and then raise
+    `Interrupted` saying how to continue."""
     meth, mesh, settings = run.method, run.mesh, run.settings
     num_images = int(len(run.initial[0])) if settings.shard_images else None
 
@@ -179,42 +210,47 @@ def loop(run: Run, *, progress: bool = True) -> None:
         return state, parallel.jit_step(meth.step, mesh, state, num_images=num_images,
                                         batch_sharding_kind=meth.batch_sharding)
 
-    run.state, step_fn = jitted(run.state)
-    base_key = jax.random.wrap_key_data(np.asarray(jax.device_get(run.state.key)))  # a copy: state is donated
-    start = int(run.state.step)
-    bar = _progress(progress, start, run.steps)
-    t0 = time.perf_counter()
-    try:
-        for n in range(start, run.steps):
-            if meth.grow is not None:
-                grown = meth.grow(run.state, n)
-                if jax.tree.structure(grown) != jax.tree.structure(run.state):
-                    run.state, step_fn = jitted(grown)
-            k_batch, k_step = jax.random.split(jax.random.fold_in(base_key, n))
-            state, m = step_fn(run.state, meth.batch(n, k_batch), k_step)
-            row = dict(step=n + 1, **{k: float(v) for k, v in jax.device_get(m).items()},
-                       seconds=round(time.perf_counter() - t0, 3))
-            if settings.eval_every and (n + 1) % settings.eval_every == 0 and n + 1 < run.steps:
-                row["val_accuracy"] = evaluate_set(run, _finalize(run, state), split="val")["accuracy_mean"]
-            run.state = state
-            run.rows.append(row)
-            if run.out is not None and run.primary:
-                rundir.append_metrics(run.out, row)
-            if run.mgr is not None and (n + 1) % settings.checkpoint_every == 0:
-                checkpoint.save(run.mgr, n + 1, run.state)
-            if bar is not None:
-                bar.set_postfix(loss=f"{row['loss']:.3f}", refresh=False)
-                bar.update(1)
-    except KeyboardInterrupt:
+    report = progress if isinstance(progress, Progress) else Progress(progress)
+    with StopOnSignal() as stop:
+        run.state, step_fn = jitted(run.state)
+        base_key = jax.random.wrap_key_data(np.asarray(jax.device_get(run.state.key)))  # a copy: state is donated
+        start = int(run.state.step)
+        report.start(start, run.steps, f"{run.record['method']} IPC {run.record['ipc']} on {run.record['dataset']}")
+        t0 = time.perf_counter()
+        try:
+            for n in range(start, run.steps):
+                if meth.grow is not None:
+                    grown = meth.grow(run.state, n)
+                    if jax.tree.structure(grown) != jax.tree.structure(run.state):
+                        run.state, step_fn = jitted(grown)
+                k_batch, k_step = jax.random.split(jax.random.fold_in(base_key, n))
+                state, m = step_fn(run.state, meth.batch(n, k_batch), k_step)
+                row = dict(step=n + 1, **{k: float(v) for k, v in jax.device_get(m).items()},
+                           seconds=round(time.perf_counter() - t0, 3))
+                if settings.eval_every and (n + 1) % settings.eval_every == 0 and n + 1 < run.steps:
+                    row["val_accuracy"] = evaluate_set(run, _finalize(run, state), split="val")["accuracy_mean"]
+                run.state = state
+                run.rows.append(row)
+                if run.out is not None and run.primary:
+                    rundir.append_metrics(run.out, row)
+                if run.mgr is not None and (n + 1) % settings.checkpoint_every == 0:
+                    checkpoint.save(run.mgr, n + 1, run.state)
+                report.step(row)
+                if stop.signum is not None:
+                    break
+        except KeyboardInterrupt as err:  # only where no handler could be installed (not the main thread)
+            stop.signum = getattr(err, "signum", signal.SIGINT)
+        finally:
+            report.close()
         if run.mgr is not None:
-            checkpoint.save(run.mgr, int(run.state.step), run.state)
-            raise KeyboardInterrupt(f"interrupted at step {int(run.state.step)}; continue with --resume") from None
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
-    if run.mgr is not None:
-        checkpoint.save(run.mgr, int(run.state.step), run.state)
+            checkpoint.save(run.mgr, int(run.state.step), run.state)  # a second signal here is only noted
+    done = int(run.state.step)
+    if stop.signum is not None:
+        saved = (f"checkpoint saved in {rundir.path(run.out, rundir.CHECKPOINTS)}: run the same command with "
+                 f"--resume to continue" if run.mgr is not None else "nothing saved (no output folder)")
+        raise Interrupted(f"stopped by {signal_name(stop.signum)} after step {done} of {run.steps}; {saved}",
+                          stop.signum)
+    report.note(f"{done} steps done in {report.elapsed():.1f} s")
 
 
 def _finalize(run: Run, state) -> dict:
@@ -223,35 +259,57 @@ def _finalize(run: Run, state) -> dict:
     return jax.device_get((run.method.finalize or default_finalize)(state))
 
 
-def finish(run: Run, *, final_eval: bool = True) -> DistillResult:
+def finish(run: Run, *, final_eval: bool = True, progress=False) -> DistillResult:
     """Write distilled.npz and grid.png, then (final_eval) score the set and random real images of the same
-    size under the method's protocol, and write the set again with both accuracies recorded."""
+    size under the method's protocol, and write the set again with both accuracies recorded. The set is on
+    disk before the evaluation starts, so an interrupted evaluation loses nothing."""
+    report = progress if isinstance(progress, Progress) else Progress(progress)
     arrays = {k: np.asarray(v) for k, v in _finalize(run, run.state).items()}
     result = DistillResult(arrays["images"], arrays["labels"], float(arrays["lr"]) if "lr" in arrays else None,
                            run.record, run.rows, run.dataset, out=run.out, arrays=arrays)
     write = run.out is not None and run.primary
     if write:
+        if not final_eval:  # a resumed finished run keeps the accuracies recorded for its (identical) set
+            run.record = dict(run.record, **rundir.recorded_scores(run.out, arrays["images"]))
         rundir.write_distilled(run.out, arrays, run.record, run.dataset.class_names, run.dataset.preprocessing)
         rundir.write_curves(run.out, run.rows)
     if final_eval:
-        images0, labels0, k_init = run.initial
-        baseline = images0 if run.settings.init == "real" else initial_set(run.dataset, run.record["ipc"], "real",
-                                                                            k_init)[0]
-        result.evaluation = evaluate_set(run, arrays, split="test")
-        result.baseline = evaluate_set(run, {"images": baseline, "labels": labels0}, split="test")
-        run.record = dict(run.record, test_accuracy=result.evaluation["accuracy_mean"],
-                          random_real_accuracy=result.baseline["accuracy_mean"])
-        if run.method.report is not None:
-            result.report = run.method.report(arrays, lambda images, labels: evaluate_set(
-                run, {"images": images, "labels": labels}, split="test"))
-            if write:
-                rundir.write_report(run.out, result.report)
-        if write:
-            rundir.write_distilled(run.out, arrays, run.record, run.dataset.class_names, run.dataset.preprocessing)
+        try:
+            _final_evaluation(run, arrays, result, report, write)
+        except KeyboardInterrupt as err:
+            signum = getattr(err, "signum", signal.SIGINT)
+            saved = (f"the set is saved in {rundir.path(run.out, rundir.DISTILLED)}: score it with 'jaxdd evaluate "
+                     f"{rundir.path(run.out, rundir.DISTILLED)}'" if write else "nothing was saved (no output folder)")
+            raise Interrupted(f"stopped by {signal_name(signum)} during the final evaluation; {saved}",
+                              signum) from None
     return result
 
 
-def evaluate_set(run: Run, arrays: dict, *, split: str) -> dict:
+def _final_evaluation(run: Run, arrays: dict, result: DistillResult, report: Progress, write: bool) -> None:
+    protocol = run.spec.evaluation(run.settings)
+    what = f"{protocol.get('num_models', '?')} networks x {protocol.get('steps', '?')} steps on the test split"
+    images0, labels0, k_init = run.initial
+    baseline = images0 if run.settings.init == "real" else initial_set(run.dataset, run.record["ipc"], "real",
+                                                                        k_init)[0]
+    report.detail(f"scoring the distilled set ({what})")
+    result.evaluation = evaluate_set(run, arrays, split="test", progress=report.bar_on)
+    report.detail(f"distilled set: test accuracy {100 * result.evaluation['accuracy_mean']:.2f} %; scoring random "
+                f"real images of the same size ({what})")
+    result.baseline = evaluate_set(run, {"images": baseline, "labels": labels0}, split="test", progress=report.bar_on)
+    report.detail(f"random real images: test accuracy {100 * result.baseline['accuracy_mean']:.2f} %")
+    run.record = dict(run.record, test_accuracy=result.evaluation["accuracy_mean"],
+                      random_real_accuracy=result.baseline["accuracy_mean"])
+    if run.method.report is not None:
+        report.detail("scoring the method's extra report")
+        result.report = run.method.report(arrays, lambda images, labels: evaluate_set(
+            run, {"images": images, "labels": labels}, split="test"))
+        if write:
+            rundir.write_report(run.out, result.report)
+    if write:
+        rundir.write_distilled(run.out, arrays, run.record, run.dataset.class_names, run.dataset.preprocessing)
+
+
+def evaluate_set(run: Run, arrays: dict, *, split: str, progress: bool = False) -> dict:
     """Score a set (and, the same way, its baseline) under the method's protocol."""
     from jaxdd.evaluation import evaluate
 
@@ -260,12 +318,12 @@ def evaluate_set(run: Run, arrays: dict, *, split: str) -> dict:
         kwargs["lr"] = float(arrays["lr"])
     kwargs.pop("use_learned_lr", None)
     return evaluate(np.asarray(arrays["images"]), np.asarray(arrays["labels"]), run.dataset, split=split,
-                    seed=run.seed, mesh=run.mesh, **kwargs)
+                    seed=run.seed, mesh=run.mesh, progress=progress, **kwargs)
 
 
 def distill(dataset="digits", method: str = "rat-bptt", ipc: int = 1, steps: int | None = None, *,
             out: str | os.PathLike | None = None, seed: int = 0, resume: bool = False, overwrite: bool = False,
-            progress: bool = True, final_eval: bool = True, settings=None, published: bool = False, mesh=None,
+            progress=True, final_eval: bool = True, settings=None, published: bool = False, mesh=None,
             cache_dir=None, **overrides) -> DistillResult:
     """Distil `dataset` into `ipc` images per class with `method` (see `jaxdd.methods.available()`).
 
@@ -276,16 +334,17 @@ def distill(dataset="digits", method: str = "rat-bptt", ipc: int = 1, steps: int
     the method's type (default: its preset; `published=True` for the paper's values); overrides: any
     of its fields. final_eval: score the set and random real images of the same size on the test split
     under the same protocol. mesh: a `jax.sharding.Mesh` with a 'data' axis (`jaxdd.parallel.make_mesh`).
+    progress: True (a bar on a terminal, else a plain line every steps/20), "lines", "quiet" (start and end
+    lines) or False (jaxdd/progress.py). SIGINT and SIGTERM end the current step, checkpoint and raise
+    `jaxdd.errors.Interrupted` (a KeyboardInterrupt) saying how to continue (docs/runs.md).
     """
-    run = prepare(dataset, method, ipc, steps, out=out, seed=seed, resume=resume, overwrite=overwrite,
-                  settings=settings, published=published, mesh=mesh, cache_dir=cache_dir, **overrides)
-    loop(run, progress=progress)
-    return finish(run, final_eval=final_eval)
-
-
-def _progress(enabled: bool, start: int, total: int):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=start, desc="distill", unit="step", dynamic_ncols=True)
+    report = Progress(progress)
+    try:
+        run = prepare(dataset, method, ipc, steps, out=out, seed=seed, resume=resume, overwrite=overwrite,
+                      settings=settings, published=published, mesh=mesh, cache_dir=cache_dir, **overrides)
+    except KeyboardInterrupt as err:
+        signum = getattr(err, "signum", signal.SIGINT)
+        raise Interrupted(f"stopped by {signal_name(signum)} while starting, before any step: nothing new was "
+                          f"written; run the command again", signum) from None
+    loop(run, progress=report)
+    return finish(run, final_eval=final_eval, progress=report)

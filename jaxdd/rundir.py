@@ -30,12 +30,28 @@ def path(out: str, name: str) -> str:
 
 
 def check_writable(out: str) -> None:
-    """One-line errors for an --out that cannot be a run folder."""
+    """One-line errors for an --out that cannot be a run folder (a file, under a file, not writable);
+    writability is tried by creating and removing a temporary folder in the nearest existing one."""
+    import tempfile
+
     probe = os.path.abspath(out)
     while probe and not os.path.exists(probe):
         probe = os.path.dirname(probe)
     require(os.path.isdir(probe), f"--out {out}: {probe} is a file, not a folder: choose another --out")
-    require(os.access(probe, os.W_OK), f"--out {out}: no permission to write in {probe}: choose another --out")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".jaxdd-probe-", dir=probe))
+    except OSError as err:
+        raise JaxddError(f"--out {out}: cannot write in {probe} ({err.strerror or type(err).__name__}): choose "
+                         f"another --out") from None
+
+
+def make(out: str) -> None:
+    """Create the run folder (and its parents), with a one-line error if that fails."""
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as err:
+        raise JaxddError(f"--out {out}: cannot create the folder ({err.strerror or type(err).__name__}): choose "
+                         f"another --out") from None
 
 
 def holds_results(out: str) -> list[str]:
@@ -92,6 +108,19 @@ def write_distilled(out: str, arrays: dict, record: dict, class_names, preproces
     os.replace(tmp, path(out, DISTILLED))
     image_grid(arrays["images"], arrays["labels"], class_names, path(out, GRID), preprocessing=preprocessing,
                title=f"{record.get('method')} IPC {record.get('ipc')} on {record.get('dataset')}")
+
+
+def recorded_scores(out: str, images) -> dict:
+    """The accuracies recorded in out/distilled.npz when it holds exactly `images` ({} otherwise): a
+    finished run resumed without evaluation writes its set again and keeps them."""
+    file = path(out, DISTILLED)
+    try:
+        with np.load(file, allow_pickle=False) as npz:
+            same = np.array_equal(npz["images"], images)
+            record = json.loads(str(npz["settings"])) if same else {}
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):
+        return {}
+    return {k: record[k] for k in ("test_accuracy", "random_real_accuracy") if k in record}
 
 
 def write_curves(out: str, rows: list[dict], keys=CURVE_KEYS) -> None:

@@ -7,6 +7,7 @@ help text in its metadata; `jaxdd distill --method M --help` lists the fields of
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 
 from jaxdd.errors import require
@@ -46,6 +47,7 @@ class CommonSettings:
 
     def validate(self, ipc: int) -> "CommonSettings":
         """One-line errors for values no method accepts; methods add their own checks."""
+        check_types(self)
         require(self.init in INITS or self.init.endswith(".npz"),
                 f"unknown --init '{self.init}': use noise, real or a path to a distilled.npz")
         require(not self.init.endswith(".npz") or os.path.isfile(self.init),
@@ -56,6 +58,10 @@ class CommonSettings:
         require(0 <= self.val_fraction < 1, f"--val-fraction must lie in [0, 1), got {self.val_fraction}")
         require(self.eval_every == 0 or self.val_fraction > 0,
                 "--eval-every needs a validation split: set --val-fraction above 0 (e.g. 0.1)")
+        require(self.width >= 1, f"--width must be at least 1, got {self.width}")
+        require(self.depth >= 0, f"--depth must be 0 (the deepest <= 3 the image allows) or more, got {self.depth}")
+        require(self.eval_every >= 0, f"--eval-every must be 0 (only at the end) or more, got {self.eval_every}")
+        require(self.eval_steps >= 1, f"--eval-steps must be at least 1, got {self.eval_steps}")
         require(self.eval_models >= 1, "--eval-models must be at least 1")
         require(self.checkpoint_every >= 1, "--checkpoint-every must be at least 1")
         return self
@@ -66,3 +72,22 @@ class CommonSettings:
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def check_types(settings) -> None:
+    """Every field holds a value of its default's type: int (not bool), a finite float (an int is
+    accepted), str or bool, and numbers are >= 0 (as the command line parses them); one-line errors
+    naming the option."""
+    for field in dataclasses.fields(settings):
+        value, kind, flag = getattr(settings, field.name), type(field.default), "--" + field.name.replace("_", "-")
+        if kind is bool:
+            ok, expected = isinstance(value, bool), "true or false"
+        elif kind is int:
+            ok, expected = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            expected = "a finite number"
+        else:
+            ok, expected = isinstance(value, kind), f"a {kind.__name__}"
+        require(ok, f"{flag} must be {expected}, got {value!r}")
+        require(kind not in (int, float) or value >= 0, f"{flag} must be >= 0, got {value!r}")

@@ -154,6 +154,8 @@ def build(ctx, schedule: truncation.Schedule, *, grad_map_fn=None, grad_map_at=N
     outer learning rates (Boost-DD).
     """
     settings, model, mesh = ctx.settings, ctx.model, ctx.mesh
+    require(settings.classes_per_step <= ctx.num_classes,
+            f"--classes-per-step {settings.classes_per_step} is larger than the number of classes ({ctx.num_classes})")
     P = settings.population
     remat = False if settings.remat == "none" else settings.remat
     chunk = settings.outer_chunk or None
