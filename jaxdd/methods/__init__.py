@@ -9,3 +9,4 @@ from jaxdd.methods.base import (Context, DistillState, Method, MethodSpec, avail
 from jaxdd.methods import bptt  # noqa: F401,E402  (registers bptt, tbptt, rat-bptt)
 from jaxdd.methods import boost  # noqa: F401,E402
 from jaxdd.methods import matching  # noqa: F401,E402
+from jaxdd.methods import selmatch  # noqa: F401,E402
