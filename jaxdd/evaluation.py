@@ -351,9 +351,8 @@ def _trainer(model: models_lib.Model, optimizer: str, momentum: float, weight_de
                 x, y, real = images[idx], targets[idx], rows[idx]
             if aug_select is None:
                 x = aug(x, k_aug)
-            else:  # combined augmentation: each kind of row gets its own strategy (independent keys)
-                k_distilled, k_real = jax.random.split(k_aug)
-                x = jnp.where(real[:, None, None, None], aug_select(x, k_real), aug(x, k_distilled))
+            else:  # SelMatch's combined augmentation: each kind of row gets its own strategy
+                x = augment_lib.combined(x, k_aug, real, aug, aug_select)
             grads, state = jax.grad(loss_fn, has_aux=True)(params, state, x, y)
             if cosine_to is not None:
                 frac = t.astype(jnp.float32) / jnp.maximum(total, 1).astype(jnp.float32)
