@@ -52,6 +52,7 @@ __all__ = [
     "scale",
     "rotate",
     "crop_flip",
+    "combined",
     "affine",
     "bilinear_sample",
     "translate",
@@ -229,6 +230,14 @@ def crop_flip(x: Array, key: Array, pad: int = 4, *, siamese: bool = False) -> A
     """Standard (non-DSA) augmentation: random crop of the zero-padded (by ``pad``) image back to
     H × W, then a horizontal flip with p = 0.5; both applied, per sample."""
     return _public(_crop_flip)(x, key, pad, siamese=siamese)
+
+
+def combined(x: Array, key: Array, real: Array, distilled_aug: Callable, real_aug: Callable) -> Array:
+    """SelMatch's combined augmentation: rows where ``real`` (bool [B]) is set get ``real_aug`` (crop + flip
+    on its selected real images), the others ``distilled_aug`` (DSA on its distilled images), each
+    ``aug(x, key)`` with its own half of ``key``."""
+    k_distilled, k_real = jax.random.split(key)
+    return jnp.where(real[:, None, None, None], real_aug(x, k_real), distilled_aug(x, k_distilled))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -203,7 +203,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     names = args.settings_type.field_names()
     overrides = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
     out = args.out or os.path.join("runs", re.sub(r"[^A-Za-z0-9_.]+", "_", presets.dataset_key(args.dataset))
-                                   + f"-{args.method}-ipc{args.ipc}")
+                                   + f"-{args.method}-" + (f"ratio{args.ratio:g}" if getattr(args, "ratio", None)
+                                                           else f"ipc{args.ipc}"))
     mesh = parallel.make_mesh(args.devices)
     result = distill(args.dataset, args.method, args.ipc, args.steps, out=out, seed=args.seed, resume=args.resume,
                      overwrite=args.overwrite, progress="quiet" if args.no_progress else True,
@@ -214,9 +215,9 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if jax.process_index() != 0:  # several processes: process 0 reports
         return 0
     last = result.metrics[-1] if result.metrics else {}
-    print(f"{args.method} IPC {args.ipc} on {args.dataset}: {len(result.metrics)} steps recorded, last outer loss "
+    print(f"{args.method} IPC {result.settings['ipc']} on {args.dataset}: {len(result.metrics)} steps recorded, last outer loss "
           f"{last.get('loss', float('nan')):.4f}, {int(last.get('skipped_total', 0))} skipped updates; wrote {out}/")
-    summary = {"out": out, "method": args.method, "ipc": args.ipc, "dataset": args.dataset,
+    summary = {"out": out, "method": args.method, "ipc": result.settings["ipc"], "dataset": args.dataset,
                "steps": result.settings["steps"], "devices": parallel.num_devices(mesh)}
     if result.evaluation:
         d, b = result.evaluation, result.baseline
@@ -322,6 +323,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         images, labels = ev.full_data(dataset)
         what = "full training data"
     kwargs.pop("use_learned_lr", None)
+    if kwargs.get("select_augment") is not None:  # combined augmentation: real rows (row_block -1) get their own
+        import numpy as np
+
+        recorded = distilled["row_block"] if distilled is not None and not args.prefix_ipc else None
+        kwargs["rows"] = np.asarray(recorded) == -1 if recorded is not None else np.full(len(images), distilled is None)
     given = dict(model=args.model, width=args.width, depth=args.depth, norm=args.norm, steps=args.steps,
                  num_models=args.models, batch_size=args.batch_size, lr=args.lr, augment=args.augment)
     kwargs.update({k: v for k, v in given.items() if v is not None})

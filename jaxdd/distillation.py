@@ -86,14 +86,22 @@ def prepare(dataset="digits", method: str = "rat-bptt", ipc: int = 1, steps: int
     require(isinstance(ipc, (int, np.integer)) and not isinstance(ipc, bool) and ipc >= 1,
             f"--ipc must be a positive integer, got {ipc!r}")
     require(isinstance(seed, (int, np.integer)) and 0 <= seed < 2**63, f"--seed must be an integer in [0, 2^63), got {seed!r}")
-    settings = presets.resolve(method, name, int(ipc), settings, overrides, published=published)
+    given, loaded = settings, None
+    ratio = float(overrides.get("ratio") or getattr(settings, "ratio", 0) or 0)
+    if ratio:  # a method with a `ratio` setting (SelMatch): the budget as a fraction of the training data
+        probe = presets.resolve(method, name, 1, given, overrides)
+        loaded = _prepare_dataset(dataset, probe, seed, cache_dir)
+        total = len(loaded.x_train) + (0 if loaded.x_val is None else len(loaded.x_val))
+        ipc = max(1, int(np.floor(ratio * total / loaded.num_classes + 0.5)))
+    settings = presets.resolve(method, name, int(ipc), given, overrides, published=published)
     steps = presets.default_steps(method, name) if steps is None else steps
     require(isinstance(steps, (int, np.integer)) and steps >= 0, f"--steps must be a non-negative integer, got {steps!r}")
     if out is not None:
         out = os.fspath(out)
         rundir.check_writable(out)
         _check_run_folder(out, resume, overwrite)
-    dataset = _prepare_dataset(dataset, settings, seed, cache_dir)
+    same = loaded is not None and (probe.normalize, probe.val_fraction) == (settings.normalize, settings.val_fraction)
+    dataset = loaded if same else _prepare_dataset(dataset, settings, seed, cache_dir)
     require(dataset.num_classes >= 2, f"the data set has {dataset.num_classes} class: distillation needs at least 2")
     real_batch = getattr(settings, "real_batch", None)
     require(real_batch is None or real_batch <= len(dataset.x_train),
@@ -295,7 +303,9 @@ def _final_evaluation(run: Run, arrays: dict, result: DistillResult, report: Pro
     result.evaluation = evaluate_set(run, arrays, split="test", progress=report.bar_on)
     report.detail(f"distilled set: test accuracy {100 * result.evaluation['accuracy_mean']:.2f} %; scoring random "
                 f"real images of the same size ({what})")
-    result.baseline = evaluate_set(run, {"images": baseline, "labels": labels0}, split="test", progress=report.bar_on)
+    real = np.full(len(baseline), synthetic.FROZEN, np.int32)  # real images: SelMatch's "selected" rows
+    result.baseline = evaluate_set(run, {"images": baseline, "labels": labels0, "row_block": real}, split="test",
+                                   progress=report.bar_on)
     report.detail(f"random real images: test accuracy {100 * result.baseline['accuracy_mean']:.2f} %")
     run.record = dict(run.record, test_accuracy=result.evaluation["accuracy_mean"],
                       random_real_accuracy=result.baseline["accuracy_mean"])
@@ -317,6 +327,8 @@ def evaluate_set(run: Run, arrays: dict, *, split: str, progress: bool = False) 
     if "lr" in arrays and kwargs.get("use_learned_lr"):
         kwargs["lr"] = float(arrays["lr"])
     kwargs.pop("use_learned_lr", None)
+    if kwargs.get("select_augment") is not None and arrays.get("row_block") is not None:
+        kwargs["rows"] = np.asarray(arrays["row_block"]) == synthetic.FROZEN  # combined augmentation (SelMatch)
     return evaluate(np.asarray(arrays["images"]), np.asarray(arrays["labels"]), run.dataset, split=split,
                     seed=run.seed, mesh=run.mesh, progress=progress, **kwargs)
 

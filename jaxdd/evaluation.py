@@ -19,6 +19,9 @@ a keyword argument of :func:`evaluate`):
 * ``"mtt"`` (MTT / DATM): SGD momentum 0.9, weight decay 5e-4 (PyTorch style, added to the gradient),
   lr 0.01 unless given (the CLI passes the learned lr stored with a distilled set), lr × 0.1 at half
   the steps, batch 256, DSA augmentation, 1000 epochs (= 1000 · ⌈N / 256⌉ steps), 5 networks.
+* ``"selmatch"`` (SelMatch's ResNet-18): SGD lr 0.1 cosine to 1e-3, momentum 0.9, weight decay 5e-4, batch
+  128, 50 full-data epochs' worth of steps (epochs by ratio), DSA on distilled rows and crop (pad 4) +
+  flip on the selected real rows (``rows``), 3 networks.
 * ``"quick"``: a CPU preset for tests and the digits set: Adam 1e-3, no augmentation, batch 256,
   300 steps, 4 networks (not tuned; see ``QUICK_NOTES``).
 
@@ -84,6 +87,13 @@ class Protocol:
     ``checkpoints``: step counts at which accuracy is also reported (those beyond the final step are
     dropped; the final step is always reported). ``balanced``: class-balanced minibatches.
     ``model``/``width``/``depth``/``norm``: None means :func:`model_defaults`.
+    ``cosine_to``: a cosine schedule from ``lr`` down to this value at the last step (instead of the step
+    decay). ``full_data_epochs``: with ``epochs=None`` and ``steps=None``, train as many steps as
+    ``full_data_epochs`` epochs of the whole training split take (``full_data_epochs · ⌈N_train / batch⌉``):
+    SelMatch's "epochs by ratio" (1000/500/250/167 epochs at 5/10/20/30 % are all 50 full-data epochs).
+    ``select_augment``: SelMatch's combined augmentation: rows marked real (``rows`` of :func:`evaluate`,
+    row_block −1 in a distilled.npz) get this strategy, the other rows ``augment`` (None: every row
+    ``augment``).
     """
 
     name: str
@@ -105,10 +115,15 @@ class Protocol:
     norm: str | None = None
     checkpoints: tuple[int, ...] = ()
     balanced: bool = False
+    cosine_to: float | None = None
+    full_data_epochs: int | None = None
+    select_augment: str | None = None
 
-    def num_steps(self, num_images: int) -> int:
+    def num_steps(self, num_images: int, num_train: int | None = None) -> int:
         if self.steps is not None:
             return int(self.steps)
+        if self.epochs is None and self.full_data_epochs is not None:
+            return int(self.full_data_epochs) * math.ceil((num_train or num_images) / self.batch_size)
         return int(self.epochs) * math.ceil(num_images / self.batch_size)
 
 
@@ -118,6 +133,11 @@ PROTOCOLS: dict[str, Protocol] = {
     "mtt": Protocol("mtt", optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, lr_decay_at=0.5,
                     augment="dsa", batch_size=256, steps=None, epochs=1000, num_models=5, use_learned_lr=True),
     "quick": Protocol("quick", optimizer="adam", lr=1e-3, augment="none", batch_size=256, steps=300, num_models=4),
+    # SelMatch's ResNet-18 evaluation: SGD 0.1 cosine to 1e-3, momentum 0.9, wd 5e-4, batch 128, epochs by ratio,
+    # DSA on the distilled rows and crop (pad 4) + flip on the selected real rows (docs/methods/selmatch.md)
+    "selmatch": Protocol("selmatch", optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, cosine_to=1e-3,
+                         batch_size=128, augment="dsa", select_augment="standard", steps=None, epochs=None,
+                         full_data_epochs=50, num_models=3, model="resnet18"),
 }
 
 QUICK_NOTES = """\
@@ -284,17 +304,21 @@ def _optimizer(kind: str, momentum: float, weight_decay: float) -> optax.Gradien
 
 @functools.lru_cache(maxsize=32)
 def _trainer(model: models_lib.Model, optimizer: str, momentum: float, weight_decay: float,
-             batch_size: int, augment: str, lr_decay_at: float | None, lr_decay: float, per_class: int = 0):
+             batch_size: int, augment: str, lr_decay_at: float | None, lr_decay: float, per_class: int = 0,
+             select_augment: str | None = None, cosine_to: float | None = None):
     """(init, run) jitted and vmapped over K model keys.
 
-    init(keys [K]) -> carry; run(carry, keys, images, targets, table, counts, start, stop, lr, total)
-    -> carry runs steps start..stop-1 of a `total`-step schedule. Model k initialises from
+    init(keys [K]) -> carry; run(carry, keys, images, targets, table, counts, rows, start, stop, lr, total)
+    -> carry runs steps start..stop-1 of a `total`-step schedule. rows: bool [N], the rows that get
+    `select_augment` instead of `augment` (unused when select_augment is None). cosine_to: cosine lr
+    from lr to this value over `total` steps (instead of the step decay). Model k initialises from
     split(keys[k])[0]; its step t draws batch and augmentation from fold_in(split(keys[k])[1], t), so
     any split of the steps into chunks gives the same result. per_class > 0: class-balanced batches
     from (table, counts) (:func:`balanced_batch`); else uniform ones (table and counts unused).
     """
     tx = _optimizer(optimizer, momentum, weight_decay)
     aug = augment_lib.get_augment(augment)
+    aug_select = augment_lib.get_augment(select_augment) if select_augment is not None else None
 
     def init(keys):
         # Eagerly, one model at a time, then stacked: jit(vmap(model.init)) compiled for 6-14 s on a
@@ -310,7 +334,7 @@ def _trainer(model: models_lib.Model, optimizer: str, momentum: float, weight_de
         loss = -jnp.mean(jnp.sum(t * jax.nn.log_softmax(logits), axis=-1))
         return loss, state
 
-    def run_one(carry, key, images, targets, table, counts, start, stop, lr, total):
+    def run_one(carry, key, images, targets, table, counts, rows, start, stop, lr, total):
         n = images.shape[0]
         key = jax.random.split(key)[1]
 
@@ -318,16 +342,22 @@ def _trainer(model: models_lib.Model, optimizer: str, momentum: float, weight_de
             params, state, opt_state = carry
             k_batch, k_aug = jax.random.split(jax.random.fold_in(key, t))
             if n <= batch_size:
-                x, y = images, targets
+                x, y, real = images, targets, rows
             else:
                 if per_class:
                     idx = balanced_batch(k_batch, table, counts, per_class)
                 else:
                     idx = jax.random.choice(k_batch, n, (batch_size,), replace=False)
-                x, y = images[idx], targets[idx]
-            x = aug(x, k_aug)
+                x, y, real = images[idx], targets[idx], rows[idx]
+            if aug_select is None:
+                x = aug(x, k_aug)
+            else:  # SelMatch's combined augmentation: each kind of row gets its own strategy
+                x = augment_lib.combined(x, k_aug, real, aug, aug_select)
             grads, state = jax.grad(loss_fn, has_aux=True)(params, state, x, y)
-            if lr_decay_at is None:
+            if cosine_to is not None:
+                frac = t.astype(jnp.float32) / jnp.maximum(total, 1).astype(jnp.float32)
+                step_lr = cosine_to + (lr - cosine_to) * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+            elif lr_decay_at is None:
                 step_lr = lr
             else:
                 boundary = jnp.floor(lr_decay_at * total).astype(jnp.int32)
@@ -339,7 +369,7 @@ def _trainer(model: models_lib.Model, optimizer: str, momentum: float, weight_de
 
         return jax.lax.fori_loop(start, stop, body, carry)
 
-    run = jax.jit(jax.vmap(run_one, in_axes=(0, 0) + (None,) * 8), donate_argnums=(0,))
+    run = jax.jit(jax.vmap(run_one, in_axes=(0, 0) + (None,) * 9), donate_argnums=(0,))
     return init, run
 
 
@@ -378,14 +408,16 @@ def evaluate(images, labels, dataset, *, protocol: str | Protocol = "ratbptt", m
              width: int | None = None, depth: int | None = None, norm: str | None = None,
              steps: int | None = None, num_models: int | None = None, batch_size: int | None = None,
              lr: float | None = None, augment: str | None = None, checkpoints=None, balanced: bool | None = None,
-             seed: int = 0, split: str = "test", progress: bool = False, mesh=None) -> dict[str, Any]:
+             select_augment: str | None = None, rows=None, seed: int = 0, split: str = "test",
+             progress: bool = False, mesh=None) -> dict[str, Any]:
     """Train ``num_models`` fresh networks (vmapped) on (images, labels); report their accuracy.
 
     images: float [N, H, W, C] matching ``dataset.image_shape``; labels: int class ids [N] or soft
     targets float [N, num_classes]. ``protocol``: a name in :data:`PROTOCOLS` or a :class:`Protocol`;
     every other keyword (None = the protocol's value, or :func:`model_defaults` for the network)
     overrides one of its fields. ``split``: "test" (report) or "val" (for choices; needs a dataset
-    loaded with ``val_fraction > 0``). ``progress``: draw a tqdm bar on stderr. ``mesh``: a device mesh
+    loaded with ``val_fraction > 0``). ``rows``: bool [N] (or a row_block, −1 = real), the rows that get the
+    protocol's ``select_augment`` (SelMatch's selected real images); None: none of them. ``progress``: draw a tqdm bar on stderr. ``mesh``: a device mesh
     with a 'data' axis (`jaxdd.parallel.make_mesh`); the K networks are split over it when K is a
     multiple of its size (each device trains K/n of them), else they all run on the first device.
 
@@ -401,7 +433,7 @@ def evaluate(images, labels, dataset, *, protocol: str | Protocol = "ratbptt", m
     defaults = model_defaults(dataset)
     overrides = dict(model=model, width=width, depth=depth, norm=norm, steps=steps, num_models=num_models,
                      batch_size=batch_size, lr=lr, augment=augment, balanced=balanced,
-                     checkpoints=None if checkpoints is None else tuple(checkpoints))
+                     checkpoints=None if checkpoints is None else tuple(checkpoints), select_augment=select_augment)
     proto = dataclasses.replace(proto, **{k: v for k, v in overrides.items() if v is not None})
     model_name = proto.model
     require(model_name in models_lib.MODELS,
@@ -419,6 +451,8 @@ def evaluate(images, labels, dataset, *, protocol: str | Protocol = "ratbptt", m
     require(proto.optimizer in OPTIMIZERS, f"unknown optimizer {proto.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
     require(split in ("test", "val"), f"unknown split {split!r}: use test or val")
     augment_lib.strategy_ops(proto.augment)  # validates the name
+    if proto.select_augment is not None:
+        augment_lib.strategy_ops(proto.select_augment)
 
     has_val = getattr(dataset, "x_val", None) is not None and len(dataset.x_val) > 0
     if split == "val":
@@ -431,7 +465,11 @@ def evaluate(images, labels, dataset, *, protocol: str | Protocol = "ratbptt", m
                         width, proto.depth, proto.norm)
     images, targets = check_set(images, labels, dataset, net)
     n = images.shape[0]
-    total = proto.num_steps(n)
+    total = proto.num_steps(n, len(dataset.x_train))
+    real = np.zeros(n, bool) if rows is None else np.asarray(rows)
+    if real.dtype != bool:
+        real = real == -1  # a row_block: −1 = a selected (real, frozen) row
+    require(real.shape == (n,), f"rows must be one flag per image ({n}), got shape {real.shape}")
     k = int(proto.num_models)
     marks = sorted({int(c) for c in proto.checkpoints if c <= total} | {total})
     choose = split == "test" and has_val and len(marks) > 1
@@ -442,17 +480,20 @@ def evaluate(images, labels, dataset, *, protocol: str | Protocol = "ratbptt", m
     if proto.balanced and n > proto.batch_size:
         table, counts = class_table(targets)
         per_class = int(min(max(1, proto.batch_size // len(counts)), counts.min()))
+    extra = () if proto.select_augment is None and proto.cosine_to is None else (
+        proto.select_augment, None if proto.cosine_to is None else float(proto.cosine_to))
     init, run = _trainer(net, proto.optimizer, float(proto.momentum), float(proto.weight_decay),
-                         int(proto.batch_size), proto.augment, proto.lr_decay_at, float(proto.lr_decay), per_class)
+                         int(proto.batch_size), proto.augment, proto.lr_decay_at, float(proto.lr_decay), per_class,
+                         *extra)
     keys = jax.random.split(jax.random.key(seed), k)
     carry = init(keys)
     x_dev, t_dev = jnp.asarray(images), jnp.asarray(targets)
-    table_dev, counts_dev = jnp.asarray(table), jnp.asarray(counts)
+    table_dev, counts_dev, rows_dev = jnp.asarray(table), jnp.asarray(counts), jnp.asarray(real)
     if mesh is not None and k % parallel.num_devices(mesh) == 0:
         # the computation follows its inputs: models split over 'data', the set replicated
         carry, keys = parallel.put((carry, keys), parallel.batch_sharding(mesh))
-        x_dev, t_dev, table_dev, counts_dev = parallel.put((x_dev, t_dev, table_dev, counts_dev),
-                                                           parallel.replicated(mesh))
+        x_dev, t_dev, table_dev, counts_dev, rows_dev = parallel.put(
+            (x_dev, t_dev, table_dev, counts_dev, rows_dev), parallel.replicated(mesh))
     lr_dev = jnp.float32(proto.lr)
     num_chunks = min(20, total) if progress else 1
     bounds = np.linspace(0, total, num_chunks + 1).round().astype(int) if total else np.array([0])
@@ -478,7 +519,7 @@ def evaluate(images, labels, dataset, *, protocol: str | Protocol = "ratbptt", m
         if bounds[0] in marks:  # 0 steps
             record(bounds[0])
         for a, b in zip(bounds[:-1], bounds[1:]):
-            carry = run(carry, keys, x_dev, t_dev, table_dev, counts_dev, jnp.int32(a), jnp.int32(b), lr_dev,
+            carry = run(carry, keys, x_dev, t_dev, table_dev, counts_dev, rows_dev, jnp.int32(a), jnp.int32(b), lr_dev,
                         jnp.int32(total))
             if b in marks:
                 record(b)  # blocks on the scores before the next chunk donates the carry
@@ -513,6 +554,7 @@ def evaluate(images, labels, dataset, *, protocol: str | Protocol = "ratbptt", m
         "lr": float(proto.lr),
         "batch_size": int(proto.batch_size),
         "augment": proto.augment,
+        "select_augment": proto.select_augment,
         "split": split,
         "seed": int(seed),
         "num_images": int(n),

@@ -164,7 +164,8 @@ def el2n_scores(dataset, *, num_models: int = 4, epochs: int = 20, model: str = 
     init, run = evaluation._trainer(net, "sgd", float(momentum), 0.0, int(batch_size), "none", None, 0.1)
     keys = jax.random.split(jax.random.key(seed), num_models)
     total = int(epochs) * math.ceil(len(images) / batch_size)
-    params, state, _ = run(init(keys), keys, jnp.asarray(images), jnp.asarray(targets), jnp.int32(0),
+    unused = jnp.zeros((1, 1), jnp.int32), jnp.ones((1,), jnp.int32), jnp.zeros(len(images), bool)  # uniform batches
+    params, state, _ = run(init(keys), keys, jnp.asarray(images), jnp.asarray(targets), *unused, jnp.int32(0),
                            jnp.int32(total), jnp.float32(lr), jnp.int32(total))
     xs, ys, _ = evaluation._chunks(images, labels, evaluation.EVAL_CHUNK)
     scores = _el2n_scorer(net)(params, state, jnp.asarray(xs), jnp.asarray(ys))

@@ -10,3 +10,4 @@ from jaxdd.methods import bptt  # noqa: F401,E402  (registers bptt, tbptt, rat-b
 from jaxdd.methods import boost  # noqa: F401,E402
 from jaxdd.methods import matching  # noqa: F401,E402
 from jaxdd.methods import at_bptt  # noqa: F401,E402
+from jaxdd.methods import selmatch  # noqa: F401,E402
