@@ -68,3 +68,51 @@ def test_batchnorm_network_uses_batch_statistics_inside_the_unroll():
                           unravel, s0, jax.random.key(0))
         assert np.isfinite(float(loss)) and float(loss) != 1.0
         del end
+
+
+def test_matching_meta_gradient_equals_the_authors_style_torch_step():
+    """jaxdd's d loss / d (images, lr) against benchmarks/torch_matching.py (one flat parameter vector,
+    create_graph through N SGD steps, as the authors' code), float64, whole-set inner batches, no augmentation."""
+    import os
+    import sys
+
+    import pytest
+
+    torch = pytest.importorskip("torch")
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
+    import torch_matching as tm
+    import torch_reference as tr
+
+    shape, classes, ipc, width, depth, steps = (8, 8, 1), 4, 2, 4, 2, 5
+    with jax.enable_x64(True):
+        model = make_model("convnet", image_shape=shape, num_classes=classes, width=width, depth=depth)
+        k = jax.random.split(jax.random.key(5), 3)
+        p0 = jax.tree.map(lambda a: a.astype(jnp.float64), model.init(k[0])[0])
+        p1 = jax.tree.map(lambda a: a.astype(jnp.float64), model.init(k[1])[0])
+        s0 = model.init(k[0])[1]
+        start, unravel = ravel_pytree(p0)
+        target = start + 0.1 * ravel_pytree(p1)[0]
+        images = jax.random.normal(k[2], (classes * ipc,) + shape, jnp.float64)
+        labels = jnp.repeat(jnp.arange(classes), ipc)
+        cfg = inner.InnerConfig(optimizer="sgd", lr=0.01, ipc=ipc, num_classes=classes, total_steps=steps)
+
+        def f(theta):
+            return match(model, cfg, theta, {"labels": labels}, start, target, unravel, s0, jax.random.key(0))[0]
+
+        theta = {"images": images, "lr": jnp.float64(0.1)}
+        loss, grads = jax.value_and_grad(f)(theta)
+
+    def to_torch(vec):
+        tree = jax.tree.map(np.asarray, unravel(vec))
+        return flat.flatten(tr.params_from_jaxdd(tree, shape, width=width, depth=depth, dtype=np.float64))
+
+    tmodel = tr.ConvNet(shape, classes, width=width, depth=depth).double()
+    flat = tm.Flat(dict(tmodel.named_parameters()))
+    g_img, g_lr, tloss = tm.matching_meta_gradient(
+        tmodel, flat, to_torch(start), to_torch(target), torch.from_numpy(np.asarray(images).transpose(0, 3, 1, 2).copy()),
+        torch.from_numpy(np.array(labels)).long(), torch.tensor(0.1, dtype=torch.float64), steps)
+    g_img = g_img.numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(tloss, float(loss), rtol=1e-10)
+    err = np.linalg.norm(g_img - np.asarray(grads["images"])) / np.linalg.norm(np.asarray(grads["images"]))
+    assert err < 1e-8, err
+    np.testing.assert_allclose(float(g_lr), float(grads["lr"]), rtol=1e-8)
