@@ -1,8 +1,10 @@
-"""Trajectory matching: the loss against numpy, its meta-gradient against finite differences."""
+"""Trajectory matching: the loss against numpy, its meta-gradient against finite differences and against the
+authors'-style PyTorch step, and mtt on digits end to end against random real images."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax.flatten_util import ravel_pytree
 
 from jaxdd import inner
@@ -76,8 +78,6 @@ def test_matching_meta_gradient_equals_the_authors_style_torch_step():
     import os
     import sys
 
-    import pytest
-
     torch = pytest.importorskip("torch")
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
     import torch_matching as tm
@@ -116,3 +116,38 @@ def test_matching_meta_gradient_equals_the_authors_style_torch_step():
     err = np.linalg.norm(g_img - np.asarray(grads["images"])) / np.linalg.norm(np.asarray(grads["images"]))
     assert err < 1e-8, err
     np.testing.assert_allclose(float(g_lr), float(grads["lr"]), rtol=1e-8)
+
+
+# CI-sized mtt on digits IPC 1: the CPU preset with 2 experts × 6 epochs and 40 outer steps.
+CI_RUN = ["--dataset", "digits", "--method", "mtt", "--ipc", "1", "--steps", "40", "--num-experts", "2",
+          "--expert-train-epochs", "6", "--no-progress", "--json"]
+CI_MARGIN = 0.10  # test-accuracy points (fraction) by which the distilled set must beat random real images
+
+
+def _last_json(out: str) -> dict:
+    import json
+
+    return json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
+
+
+def test_mtt_on_digits_beats_random_real_and_evaluate_reproduces_the_run(tmp_path, capsys):
+    """One command end to end (experts trained into a fresh cache), then `jaxdd evaluate` on its distilled.npz
+    gives the run's printed accuracy exactly (the learned lr is stored and used by the "mtt" protocol), and
+    random real images under the same protocol and lr (`--random-real --like`) score CI_MARGIN lower or more."""
+    from jaxdd.cli import main
+
+    run = tmp_path / "run"
+    assert main(["distill", *CI_RUN, "--out", str(run), "--cache-dir", str(tmp_path / "cache")]) == 0
+    printed = _last_json(capsys.readouterr().out)
+    assert printed["accuracy_mean"] - printed["random_real_mean"] >= CI_MARGIN, printed
+    npz = str(run / "distilled.npz")
+    assert main(["evaluate", npz, "--dataset", "digits", "--json", "--no-progress"]) == 0
+    again = _last_json(capsys.readouterr().out)
+    assert again["protocol"] == "mtt" and again["lr"] == pytest.approx(float(np.load(npz)["lr"]))
+    assert again["lr"] != 0.01  # the learned lr, not the protocol's default
+    assert again["accuracy_mean"] == pytest.approx(printed["accuracy_mean"], abs=1e-6)
+    assert main(["evaluate", "--random-real", "--ipc", "1", "--like", npz, "--dataset", "digits", "--json",
+                 "--no-progress"]) == 0
+    real = _last_json(capsys.readouterr().out)
+    assert real["protocol"] == "mtt" and real["lr"] == pytest.approx(again["lr"])
+    assert again["accuracy_mean"] - real["accuracy_mean"] >= CI_MARGIN, (again["accuracy_mean"], real["accuracy_mean"])
