@@ -192,7 +192,8 @@ def main() -> None:
                         torch_peak_bytes=t["peak_bytes"], grad_rel_err=t["grad_rel_err"],
                         lr_grad_rel_err=t["lr_grad_rel_err"])
             emit(pair)
-            rows.append(f"| {name} | {ms.fmt_s(j)} | {ms.fmt_s(t)} | {pair['speedup']:.2f} | {j['compile_seconds']:.1f} | "
+            rows.append(f"| {name} | {ms.fmt_s(j)} | {ms.fmt_s(t)} | {pair['speedup']:.2f} | "
+                        f"{j['compile_seconds']:.1f} | "
                         f"{ms.mib(j['peak_bytes'])} ({ms.mib(dj)}) | {ms.mib(t['peak_bytes'])} ({ms.mib(dt)}) | "
                         f"{pair['memory_ratio']:.2f} ({pair['memory_ratio_above_baseline']:.2f}) | "
                         f"{t['grad_rel_err']:.1e} / {t['lr_grad_rel_err']:.1e} |")

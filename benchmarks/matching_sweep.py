@@ -11,11 +11,14 @@ from the shared cache (trained on first use).
 
 import argparse
 import json
+import os
+import sys
 import time
 
 import numpy as np
 
-from jaxdd import distillation as d
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # this checkout's jaxdd
+from jaxdd import distillation as d  # noqa: E402
 
 
 def run(dataset: str, ipc: int, steps: int, seed: int = 0, **overrides) -> dict:

@@ -109,7 +109,8 @@ def test_matching_meta_gradient_equals_the_authors_style_torch_step():
     tmodel = tr.ConvNet(shape, classes, width=width, depth=depth).double()
     flat = tm.Flat(dict(tmodel.named_parameters()))
     g_img, g_lr, tloss = tm.matching_meta_gradient(
-        tmodel, flat, to_torch(start), to_torch(target), torch.from_numpy(np.asarray(images).transpose(0, 3, 1, 2).copy()),
+        tmodel, flat, to_torch(start), to_torch(target),
+        torch.from_numpy(np.asarray(images).transpose(0, 3, 1, 2).copy()),  # float64 (nhwc_to_nchw rounds to float32)
         torch.from_numpy(np.array(labels)).long(), torch.tensor(0.1, dtype=torch.float64), steps)
     g_img = g_img.numpy().transpose(0, 2, 3, 1)
     np.testing.assert_allclose(tloss, float(loss), rtol=1e-10)
@@ -121,7 +122,9 @@ def test_matching_meta_gradient_equals_the_authors_style_torch_step():
 # CI-sized mtt on digits IPC 1: the CPU preset with 2 experts × 6 epochs and 40 outer steps.
 CI_RUN = ["--dataset", "digits", "--method", "mtt", "--ipc", "1", "--steps", "40", "--num-experts", "2",
           "--expert-train-epochs", "6", "--no-progress", "--json"]
-CI_MARGIN = 0.10  # test-accuracy points (fraction) by which the distilled set must beat random real images
+# CI_MARGIN: test-accuracy fraction by which the set must beat random real images. Seen at seeds 0 / 1: +18.5 / +17.4
+# points over the run's own random real images, +21.8 / +20.4 over `jaxdd evaluate --random-real --like`.
+CI_MARGIN = 0.10
 
 
 def _last_json(out: str) -> dict:
