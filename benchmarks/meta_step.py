@@ -130,6 +130,28 @@ def current_rss_bytes() -> int:
         return rss_bytes()
 
 
+def tree_to_npz(tree, prefix: str) -> dict:
+    """A params pytree as flat npz entries named prefix + 'a/b/c' (read back by `tree_from_npz`, without JAX)."""
+    import jax
+    import numpy as np
+
+    return {prefix + "/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
+            for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def tree_from_npz(ref, prefix: str) -> dict:
+    """The nested dict of arrays saved by `tree_to_npz` under `prefix`."""
+    tree: dict = {}
+    for k in ref.files:
+        if k.startswith(prefix):
+            node = tree
+            *path, leaf = k[len(prefix):].split("/")
+            for part in path:
+                node = node.setdefault(part, {})
+            node[leaf] = ref[k]
+    return tree
+
+
 def spread(times: list[float]) -> dict:
     qs = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
     return dict(seconds=statistics.median(times), min_seconds=min(times), max_seconds=max(times),
@@ -194,9 +216,7 @@ def run_jaxdd(s: dict, a: dict) -> dict:
         if i == 0:
             first = dt
             if a.get("exchange"):
-                flat = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
-                        for path, v in jax.tree_util.tree_flatten_with_path(params0)[0]}
-                np.savez(a["exchange"], grad=np.asarray(g), loss=float(loss), prefix=n, **{"p:" + k: v for k, v in flat.items()})
+                np.savez(a["exchange"], grad=np.asarray(g), loss=float(loss), prefix=n, **tree_to_npz(params0, "p:"))
         else:
             times.append(dt)
     out = dict(spread(times), first_call_seconds=first, compile_seconds=compile_s, loss=float(loss))
@@ -261,14 +281,7 @@ def run_torch(s: dict, a: dict) -> dict:
     ref = None
     if a.get("exchange") and os.path.exists(a["exchange"]):
         ref = np.load(a["exchange"])
-        tree = {}
-        for k in ref.files:
-            if k.startswith("p:"):
-                node = tree
-                *path, leaf = k[2:].split("/")
-                for part in path:
-                    node = node.setdefault(part, {})
-                node[leaf] = ref[k]
+        tree = tree_from_npz(ref, "p:")
         params = tr.params_from_jaxdd(tree, IMAGE_SHAPE, width=s["width"], depth=depth)
     else:
         params = tr.init_params(IMAGE_SHAPE, NUM_CLASSES, width=s["width"], depth=depth, seed=a["seed"])
@@ -403,8 +416,9 @@ def label(s: dict) -> str:
             f"remat {s['remat']}")
 
 
-def run_child(impl: str, s: dict, a: dict, timeout: float, log) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(dict(impl=impl, setting=s, args=a))]
+def run_child(impl: str, s: dict, a: dict, timeout: float, log, script: str = __file__) -> dict:
+    """Run `script --worker JOB` in a fresh process (one thread each on CPU when a["threads"] == 1); its last JSON line."""
+    cmd = [sys.executable, os.path.abspath(script), "--worker", json.dumps(dict(impl=impl, setting=s, args=a))]
     env = dict(os.environ)
     env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     if a["device"] == "gpu":

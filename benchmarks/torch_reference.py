@@ -61,8 +61,9 @@ def _get(tree: Mapping, key):
     return tree[key] if key in tree else tree[str(key)]
 
 
-def params_from_jaxdd(params: Mapping, image_shape, *, width: int, depth: int) -> dict[str, torch.Tensor]:
-    """jaxdd ConvNet params pytree (nested dict of arrays) -> `ConvNet` state dict (float32 tensors).
+def params_from_jaxdd(params: Mapping, image_shape, *, width: int, depth: int,
+                      dtype=np.float32) -> dict[str, torch.Tensor]:
+    """jaxdd ConvNet params pytree (nested dict of arrays) -> `ConvNet` state dict (tensors of `dtype`).
 
     Conv kernels HWIO -> OIHW. The head's input is jaxdd's NHWC flatten (h, w, c order); torch
     flattens NCHW (c, h, w order), so its rows are permuted accordingly. Dense kernel [in, out] ->
@@ -72,7 +73,7 @@ def params_from_jaxdd(params: Mapping, image_shape, *, width: int, depth: int) -
     out: dict[str, torch.Tensor] = {}
 
     def t(a):
-        return torch.from_numpy(np.array(a, dtype=np.float32, copy=True))
+        return torch.from_numpy(np.array(a, dtype=dtype, copy=True))
 
     for i in range(depth):
         conv = _get(params["convs"], i)

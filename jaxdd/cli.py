@@ -313,16 +313,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if args.prefix_ipc:
             images, labels = ev.prefix_ipc(images, labels, args.prefix_ipc, dataset.num_classes)
             what += f" (first {args.prefix_ipc} per class)"
-        learned = kwargs.pop("use_learned_lr", ev.get_protocol(kwargs.get("protocol", "ratbptt")).use_learned_lr)
-        if learned and args.lr is None and distilled["lr"] is not None:
-            kwargs["lr"] = distilled["lr"]
     elif args.random_real:
         images, labels = ev.random_real(dataset, args.ipc, seed=seed)
         what = f"random real, IPC {args.ipc}"
     else:
         images, labels = ev.full_data(dataset)
         what = "full training data"
-    kwargs.pop("use_learned_lr", None)
+    # a protocol with the learned lr ("mtt") takes it from the set, or for a baseline from --like's set,
+    # so that `--random-real --like DIR/distilled.npz` scores random real images as `jaxdd distill` did
+    learned = kwargs.pop("use_learned_lr", ev.get_protocol(kwargs.get("protocol", "ratbptt")).use_learned_lr)
+    learned_lr = (distilled or like or {}).get("lr")
+    if learned and args.lr is None and learned_lr is not None:
+        kwargs["lr"] = learned_lr
     if kwargs.get("select_augment") is not None:  # combined augmentation: real rows (row_block -1) get their own
         import numpy as np
 

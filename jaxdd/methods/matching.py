@@ -158,7 +158,19 @@ PUBLISHED = {
 }
 # CPU sizes: a handful of short experts (digits: 8x8 standardized pixels, no augmentation).
 SMALL = {
-    "digits": dict(syn_steps=20, expert_epochs=2, max_start_epoch=8, outer_lr=100.0, lr_lr=1e-5, syn_lr=0.01,
+    # Chosen on the validation split: python benchmarks/matching_sweep.py --ipc 1 --steps 50 '{...}' (val accuracy
+    # in %, distilled vs the run's random real init, both under the mtt protocol with the learned lr; seed 0
+    # unless said):
+    #   old preset (syn_lr 0.01, T+ 8, outer_lr 100)   66.4 vs 65.3: the student's N·lr = 0.2 cannot cover the
+    #                                                  expert's 2 epochs (~80 steps at lr 0.05); the lr barely grows
+    #   syn_lr 0.05: 83.6 vs 65.7;  + lr_lr 1e-4: 83.6;  + outer_lr 1000: 75.0
+    #   syn_lr 0.1: 83.3 vs 65.3;  syn_lr 0.2: 69.5 (unstable);  syn_lr 0.1 + lr_lr 1e-4: 84.2
+    #   syn_lr 0.1 + outer_lr 30: 85.2;  + outer_lr 300: 83.1;  + M 1: 82.6;  + N 40: 84.7;  + T+ 4: 85.4;  + T+ 2: 85.4
+    #   syn_lr 0.1, T+ 4, outer_lr 30 (this preset): 87.0 vs 65.3 (seed 0), 84.0 vs 59.3 (seed 1)
+    #     + outer_lr 10 instead: 85.2;  + lr_lr 1e-4: 60.4 (diverged);
+    #     + N 40 (outer_lr 100): 77.6 (N·lr = 4 overshoots)
+    #   syn_lr 0.05, T+ 4, N 40: 87.9 (outer_lr 100), 87.5 (outer_lr 30); 82.6 vs 59.2 at seed 1; twice the step cost
+    "digits": dict(syn_steps=20, expert_epochs=2, max_start_epoch=4, outer_lr=30.0, lr_lr=1e-5, syn_lr=0.1,
                    num_experts=5, expert_train_epochs=15, augment="none", expert_augment="none", init="real",
                    expert_batch=32, expert_lr=0.05),  # 256 / 0.01 leaves digits experts near chance (experts.md)
     "images32": dict(syn_steps=20, expert_epochs=2, max_start_epoch=8, outer_lr=100.0, lr_lr=1e-5, syn_lr=0.01,
