@@ -122,7 +122,7 @@ def test_behaviour_fixture_from_before_the_refactor():
         np.testing.assert_array_equal(r.labels, f["labels"])
 
 
-_FIXTURE_SETTINGS = {}
+_FIXTURE_SETTINGS = dict(unroll_steps=40, window=10, inner_lr=1e-3)  # the digits preset when it was recorded
 
 
 # ---------------------------------------------------------------------------------------------------
