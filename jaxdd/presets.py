@@ -18,7 +18,9 @@ from jaxdd.methods.bptt import BPTTSettings as Settings  # noqa: F401  (the BPTT
 # CPU-sized values shared by every method. digits: 8x8x1; images32: any other (small) image set.
 SMALL = {
     "digits": dict(width=32, depth=2, init="real", normalize="standardize", eval_steps=300, checkpoint_every=100),
-    "images32": dict(width=32, depth=3, normalize="standardize", eval_steps=500, checkpoint_every=50),
+    # init real: random real images converge fastest at a CPU budget (digits: 84% on val after 100 steps from
+    # real images, 64% after 250 from noise; jaxdd/methods/bptt.py), on any data set.
+    "images32": dict(width=32, depth=3, init="real", normalize="standardize", eval_steps=500, checkpoint_every=50),
 }
 ALIASES = {"tiny_imagenet_200": "tiny_imagenet", "tinyimagenet": "tiny_imagenet", "cifar_10": "cifar10",
            "cifar_100": "cifar100"}

@@ -1,0 +1,97 @@
+"""Test accuracy of default distillation runs beside random real images under the same protocol (issue 10).
+
+    nice -n 15 python benchmarks/accuracy.py --out /tmp/jaxdd-acc --sets /tmp/jaxdd-sets \
+        [--only digits-ipc1 ...] [--jsonl benchmarks/results/accuracy_cpu.jsonl]
+
+Per job: `python -m jaxdd distill --dataset D --ipc N --steps S --json` (default settings unless the job
+adds options), timed; then `python -m jaxdd evaluate OUT/distilled.npz` (the protocol the set records) and
+`python -m jaxdd evaluate --random-real --ipc N --like OUT/distilled.npz --seed s` for s in 0..SEEDS-1
+(the same protocol). Prints one JSON object per job and a JSON table at the end. `distill_s` is the
+distillation loop's own clock (the last row of metrics.jsonl: compilation of the step included, the
+final evaluation excluded); `command_s` the whole distill command, evaluation included; `cpu_s` the
+user+sys CPU seconds of the distill command. Build the image-folder sets first with
+benchmarks/make_datasets.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+# name -> (dataset, ipc, steps, extra distill options); "{sets}" is replaced by --sets
+JOBS = {
+    "digits-ipc1": ("digits", 1, None, []),
+    "digits-ipc10": ("digits", 10, None, []),
+    "digits16px-ipc1": ("{sets}/digits16px", 1, 300, []),
+    "digits28px-ipc1": ("{sets}/digits28px", 1, 300, []),
+    "cifar5grey-ipc1": ("{sets}/cifar5grey", 1, 300, []),
+    "cifar10s16-ipc1": ("{sets}/cifar10s16", 1, 300, []),
+    "cifar10-ipc1": ("/work/shared/data/cifar10-jpeg.tar.xz", 1, None, []),
+}
+
+
+def _jaxdd(args: list[str]) -> tuple[dict, float, float]:
+    """Run `python -m jaxdd ARGS --json` niced; (last JSON line, wall seconds, child CPU seconds)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run(["nice", "-n", "15", sys.executable, "-m", "jaxdd", *args, "--json", "--no-progress"],
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise SystemExit(f"jaxdd {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return json.loads(proc.stdout.strip().splitlines()[-1]), wall, cpu
+
+
+def run_job(name: str, dataset: str, ipc: int, steps, extra: list[str], out: str, seeds: int) -> dict:
+    folder = os.path.join(out, name)
+    cmd = ["distill", "--dataset", dataset, "--ipc", str(ipc), "--out", folder, "--overwrite", *extra]
+    if steps is not None:
+        cmd += ["--steps", str(steps)]
+    summary, wall, cpu = _jaxdd(cmd)
+    with open(os.path.join(folder, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    npz = os.path.join(folder, "distilled.npz")
+    again, _, _ = _jaxdd(["evaluate", npz])
+    real = [_jaxdd(["evaluate", "--random-real", "--ipc", str(ipc), "--dataset", dataset, "--like", npz,
+                    "--seed", str(s)])[0]["accuracy_mean"] for s in range(seeds)]
+    mean_real = sum(real) / len(real)
+    return dict(job=name, command="jaxdd " + " ".join(cmd), steps=summary.get("steps"),
+                distilled=round(100 * summary["accuracy_mean"], 2), distilled_std=round(100 * summary["accuracy_std"], 2),
+                random_real_run=round(100 * summary["random_real_mean"], 2),
+                evaluate_distilled=round(100 * again["accuracy_mean"], 2),
+                random_real_seeds=[round(100 * r, 2) for r in real], random_real_mean=round(100 * mean_real, 2),
+                gain=round(100 * (again["accuracy_mean"] - mean_real), 2),
+                protocol={k: again.get(k) for k in ("protocol", "steps", "num_models", "lr", "augment", "width", "depth")},
+                distill_s=rows[-1]["seconds"] if rows else None, command_s=round(wall, 1), cpu_s=round(cpu, 1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="/tmp/jaxdd-acc", help="run folders go here (not committed)")
+    ap.add_argument("--sets", default="/tmp/jaxdd-sets", help="where benchmarks/make_datasets.py wrote the sets")
+    ap.add_argument("--only", nargs="*", help=f"jobs to run (default all): {', '.join(JOBS)}")
+    ap.add_argument("--seeds", type=int, default=3, help="random-real seeds (mean reported)")
+    ap.add_argument("--jsonl", help="append each job's JSON line to this file")
+    args = ap.parse_args()
+    table = []
+    for name, (dataset, ipc, steps, extra) in JOBS.items():
+        if args.only and name not in args.only:
+            continue
+        row = run_job(name, dataset.format(sets=args.sets), ipc, steps, extra, args.out, args.seeds)
+        print(json.dumps(row), flush=True)
+        if args.jsonl:
+            with open(args.jsonl, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        table.append(row)
+    print(json.dumps(table, indent=1))
+
+
+if __name__ == "__main__":
+    main()

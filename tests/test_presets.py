@@ -1,0 +1,50 @@
+"""Presets: published noise init, the CIFAR-100 IPC 1 fixed window, Tiny-ImageNet names, CPU presets safe
+for any small image set, and `jaxdd evaluate` reproducing the number a run printed."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from jaxdd import initial, presets
+from jaxdd.cli import main
+
+
+def test_published_noise_init_has_unit_norm_per_image(digits, key):
+    assert presets.preset("rat-bptt", "tfds:cifar10", 10, published=True).noise_scale == "unit"
+    images, labels = initial.initial_set(digits, 1, "noise", key, noise_scale="unit")
+    norms = np.linalg.norm(images.reshape(len(images), -1), axis=1)
+    np.testing.assert_allclose(norms, 1.0, rtol=1e-5)
+    assert images.shape == (10, 8, 8, 1) and labels.tolist() == list(range(10))
+
+
+def test_cifar100_ipc1_published_is_a_fixed_window_of_prefix_40():
+    s = presets.resolve("rat-bptt", "tfds:cifar100", 1, published=True)
+    assert s.schedule == "fixed" and s.unroll_steps - s.window == 40
+
+
+@pytest.mark.parametrize("name", ["path/tiny-imagenet-200", "path/tiny-imagenet-200/", "path/tiny-imagenet-200.tar.gz"])
+def test_tiny_imagenet_names(name):
+    assert presets.dataset_key(name) == "tiny_imagenet"
+    assert presets.preset("rat-bptt", name, 10, published=True).depth == 4
+
+
+@pytest.mark.parametrize("name", ["/data/digits28px", "/data/my-grey-set.tar.gz", "/data/cifar10-jpeg.tar.xz"])
+def test_generic_small_preset_does_not_flip(name):
+    """Data nobody tuned for may be digits or text: the generic CPU preset must not flip or rotate."""
+    s = presets.resolve("rat-bptt", name, 1)
+    assert "flip" not in s.augment and "rotate" not in s.augment
+    assert "flip" not in s.real_augment and "rotate" not in s.real_augment
+
+
+def test_evaluate_reproduces_the_number_distill_printed(tmp_path, capsys):
+    out = tmp_path / "run"
+    tiny = ["--width", "8", "--unroll-steps", "6", "--window", "3", "--real-batch", "64", "--eval-steps", "40",
+            "--eval-models", "2", "--no-progress", "--devices", "1"]
+    assert main(["distill", "--dataset", "digits", "--ipc", "1", "--steps", "3", "--out", str(out), "--json", *tiny]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["evaluate", str(out / "distilled.npz"), "--dataset", "digits", "--json", "--no-progress"]) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again["steps"] == 40 and again["num_models"] == 2
+    assert abs(100 * again["accuracy_mean"] - 100 * printed["accuracy_mean"]) <= 0.5
