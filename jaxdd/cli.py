@@ -75,6 +75,9 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, normalize: bool = Tru
         group.add_argument("--normalize", default=None, metavar="KIND",
                            help="pixel preprocessing: standardize, none, zca (KIP/RaT-BPTT) or zca-mtt (default: the "
                                 "one the distilled set records, else standardize)")
+    group.add_argument("--no-compile-cache", action="store_true",
+                       help="do not keep compiled programs between runs (default: kept under the user's cache "
+                            "directory, so a repeated command starts in seconds; JAXDD_NO_COMPILE_CACHE=1 too)")
     group.add_argument("--cache-dir", default=None, metavar="DIR",
                        help="where decoded archives / downloads are cached (default: the loader's choice)")
 
@@ -178,6 +181,9 @@ def add_distill_parser(subparsers, method: str = "rat-bptt") -> argparse.Argumen
                                   help=field.metadata.get("help"))
         else:
             parse = {int: _nonnegative_int, float: _positive_or_zero_float}.get(kind, str)
+            if field.metadata.get("minimum", 0) < 0:  # a negative value means something (e.g. -1: scan)
+                least = field.metadata["minimum"]
+                parse = _number(kind, lambda v, least=least: least <= v < float("inf"), f"a number >= {least}")
             metavar = {int: "N", float: "X"}.get(kind, "NAME")
             settings.add_argument(flag, dest=field.name, type=parse, default=None, metavar=metavar,
                                   help=field.metadata.get("help"))
@@ -392,6 +398,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exit_.code or 0) if not isinstance(exit_.code, str) else EXIT_USAGE
     try:
         with _one_line_warnings(), _terminate_as_interrupt():
+            from jaxdd import compile_cache
+
+            compile_cache.enable(False if getattr(args, "no_compile_cache", False) else None)
             return int(args.func(args) or 0)
     except KeyboardInterrupt as err:
         signum = getattr(err, "signum", signal.SIGINT)

@@ -16,9 +16,10 @@ INITS = ("noise", "real")
 NORMALIZE = ("standardize", "zca", "zca-mtt", "none")
 
 
-def setting(default, help: str):
-    """A settings field with its help text (shown by `jaxdd distill --help`)."""
-    return dataclasses.field(default=default, metadata={"help": help})
+def setting(default, help: str, *, minimum=0):
+    """A settings field with its help text (shown by `jaxdd distill --help`) and, for numbers, the
+    smallest value accepted (0 unless a negative value means something, e.g. -1 = "scan")."""
+    return dataclasses.field(default=default, metadata={"help": help, "minimum": minimum})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,4 +91,5 @@ def check_types(settings) -> None:
         else:
             ok, expected = isinstance(value, kind), f"a {kind.__name__}"
         require(ok, f"{flag} must be {expected}, got {value!r}")
-        require(kind not in (int, float) or value >= 0, f"{flag} must be >= 0, got {value!r}")
+        least = field.metadata.get("minimum", 0)
+        require(kind not in (int, float) or value >= least, f"{flag} must be >= {least}, got {value!r}")

@@ -30,7 +30,8 @@ class SelMatchSettings(matching.MatchingSettings):
     """Trajectory matching settings plus the selection and the partial update."""
 
     alpha: float = setting(0.2, "fraction of each class's window that is distilled (D_distill); the rest stays real")
-    beta: float = setting(-1.0, "window start, hardest first (see --beta-reading); -1: scan on the validation split")
+    beta: float = setting(-1.0, "window start, hardest first (see --beta-reading); -1: scan on the validation split",
+                          minimum=-1)
     beta_reading: str = setting("fraction", "fraction: start = round(beta * class size) (the paper); "
                                             "ipc: start = round(beta * IPC) (the released code)")
     beta_step: float = setting(0.1, "spacing of the beta scan (from 0 while the windows fit in every class)")
