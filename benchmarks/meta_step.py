@@ -175,11 +175,11 @@ def run_jaxdd(s: dict, a: dict) -> dict:
     gpu = a["device"] == "gpu"
     depth = 3
     remat_name = {"on": "full", "off": "none"}.get(s["remat"], s["remat"])  # or a jaxdd policy name (dots, ...)
-    settings = Settings(unroll_steps=s["unroll_steps"], window=s["window"], remat=remat_name,
+    settings = Settings(inner_adam="optax", unroll_steps=s["unroll_steps"], window=s["window"], remat=remat_name,
                         per_class=0, classes_per_step=0, augment="none", real_augment="none",
                         real_batch=s["real_batch"], outer_chunk=s["chunk"], width=s["width"], depth=depth)
-    settings.validate(s["estimator"], s["ipc"])
-    kind, window = settings.estimator_window(s["estimator"])
+    settings.validate(s["ipc"])  # the torch reference's Adam is optax's (eps_root 1e-8): same semantics both sides
+    window = settings.unroll_steps if s["estimator"] == "bptt" else settings.window
     model = make_model("convnet", image_shape=IMAGE_SHAPE, num_classes=NUM_CLASSES, width=s["width"], depth=depth,
                        conv=a["conv"])
     cfg = bptt.inner_config(settings, s["ipc"], NUM_CLASSES)
