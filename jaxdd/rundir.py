@@ -140,6 +140,20 @@ def write_report(out: str, report: dict) -> None:
         accuracy_by_size(table, path(out, REPORT_PLOT))
 
 
+def read_npz(file, required, *, give: str, save: str) -> dict:
+    """Every array of an .npz file; one-line errors for an unreadable file or missing `required` arrays
+    (`give`: what to pass instead, `save`: what the file must hold)."""
+    try:
+        with np.load(file, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise JaxddError(f"cannot read {file} as an .npz file ({type(err).__name__}): give {give}") from None
+    missing = [k for k in required if k not in arrays]
+    require(not missing, f"{file} has no {' and no '.join(repr(m) for m in missing)} array (it has: "
+                         f"{', '.join(sorted(arrays)) or 'nothing'}): save {save}")
+    return arrays
+
+
 def load_distilled(file: str) -> dict:
     """Read a distilled.npz: {'images', 'labels', 'lr' (float or None), 'settings' (dict or None),
     'row_block' (or None), 'path'}; a run folder is accepted for its distilled.npz."""
@@ -150,16 +164,8 @@ def load_distilled(file: str) -> dict:
         if not os.path.exists(candidate):
             raise JaxddError(f"{file} is a folder without distilled.npz: give the path of the .npz file")
         file = candidate
-    try:
-        with np.load(file, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        raise JaxddError(f"cannot read {file} as an .npz file ({type(err).__name__}): give the distilled.npz "
-                         f"written by 'jaxdd distill'") from None
-    missing = [k for k in ("images", "labels") if k not in arrays]
-    if missing:
-        raise JaxddError(f"{file} has no {' and no '.join(repr(m) for m in missing)} array (it has: "
-                         f"{', '.join(sorted(arrays)) or 'nothing'}): save images [N,H,W,C] and labels [N] or [N,C]")
+    arrays = read_npz(file, ("images", "labels"), give="the distilled.npz written by 'jaxdd distill'",
+                      save="images [N,H,W,C] and labels [N] or [N,C]")
     lr = None
     if "lr" in arrays:
         lr_arr = np.asarray(arrays["lr"], dtype=np.float64)

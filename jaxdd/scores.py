@@ -20,7 +20,6 @@ import functools
 import json
 import math
 import os
-import zipfile
 from pathlib import Path
 
 import jax
@@ -28,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdd import evaluation
-from jaxdd.errors import JaxddError, require
+from jaxdd.errors import require
 
 __all__ = ["KINDS", "FORGETTING_FILE", "save_scores", "read_score_file", "load_scores", "el2n_from_logits",
            "el2n_scores", "cscore_to_difficulty", "add_parser"]
@@ -57,15 +56,10 @@ def _read(path) -> tuple[np.ndarray, np.ndarray, str | None, bool]:
     """(scores, labels, stored kind or None, whether the scores are already "higher = harder")."""
     path = Path(path)
     require(path.is_file(), f"no score file {path}: give an npz with 'scores' and 'labels' (or an experts folder)")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        raise JaxddError(f"cannot read {path} as an .npz file ({type(err).__name__}): give an npz with 'scores' "
-                         f"and 'labels'") from None
-    missing = [k for k in ("scores", "labels") if k not in arrays]
-    require(not missing, f"{path} has no {' and no '.join(map(repr, missing))} array (it has: "
-                         f"{', '.join(sorted(arrays)) or 'nothing'}): save scores [N] and labels [N]")
+    from jaxdd.rundir import read_npz
+
+    arrays = read_npz(path, ("scores", "labels"), give="an npz with 'scores' and 'labels'",
+                      save="scores [N] and labels [N]")
     scores, labels = np.asarray(arrays["scores"]), np.asarray(arrays["labels"])
     require(scores.ndim == 1 and labels.shape == scores.shape,
             f"{path}: scores {scores.shape} and labels {labels.shape} must both be 1-D of the same length")
