@@ -167,12 +167,17 @@ def run_jaxdd(s: dict, a: dict) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from jaxdd import inner, outer
+    from jaxdd import inner, outer, xla_options
     from jaxdd.methods import bptt
     from jaxdd.models import make_model, resolve_conv_impl
     from jaxdd.presets import Settings
 
     gpu = a["device"] == "gpu"
+    runtime = {}
+    if not gpu:  # what jaxdd's CLI does on CPU before JAX starts (the thread count comes from --threads)
+        runtime = xla_options.configure_cpu(threads=1 if a.get("threads") == 1 else None,
+                                            malloc=a.get("malloc", "on") == "on")
+    copts = xla_options.compiler_options() if a.get("xla_options", "on") == "on" else {}
     depth = 3
     remat_name = {"on": "full", "off": "none"}.get(s["remat"], s["remat"])  # or a jaxdd policy name (dots, ...)
     settings = Settings(inner_adam="optax", unroll_steps=s["unroll_steps"], window=s["window"], remat=remat_name,
@@ -180,8 +185,9 @@ def run_jaxdd(s: dict, a: dict) -> dict:
                         real_batch=s["real_batch"], outer_chunk=s["chunk"], width=s["width"], depth=depth)
     settings.validate(s["ipc"])  # the torch reference's Adam is optax's (eps_root 1e-8): same semantics both sides
     window = settings.unroll_steps if s["estimator"] == "bptt" else settings.window
+    fused = {"auto": None, "on": True, "off": False}[a.get("fused_norm", "auto")]
     model = make_model("convnet", image_shape=IMAGE_SHAPE, num_classes=NUM_CLASSES, width=s["width"], depth=depth,
-                       conv=a["conv"])
+                       conv=a["conv"], fused_norm=fused)
     cfg = bptt.inner_config(settings, s["ipc"], NUM_CLASSES)
     remat = False if settings.remat == "none" else settings.remat
     chunk = settings.outer_chunk or None
@@ -201,25 +207,28 @@ def run_jaxdd(s: dict, a: dict) -> dict:
     baseline = current_rss_bytes()
 
     t0 = time.perf_counter()
-    compiled = jax.jit(meta).lower(*args).compile()
+    compiled = jax.jit(meta, compiler_options=copts or None).lower(*args).compile()
     compile_s = time.perf_counter() - t0
     rss_after_compile = rss_bytes()
 
     prefixes = a["prefixes"]
-    times, first = [], None
+    times, cpu_times, first = [], [], None
     for i, n in enumerate(prefixes):
         args[-1] = jnp.asarray(n, jnp.int32)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         g, loss = compiled(*args)
         jax.block_until_ready((g, loss))
-        dt = time.perf_counter() - t0
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
         if i == 0:
             first = dt
             if a.get("exchange"):
                 np.savez(a["exchange"], grad=np.asarray(g), loss=float(loss), prefix=n, **tree_to_npz(params0, "p:"))
         else:
             times.append(dt)
-    out = dict(spread(times), first_call_seconds=first, compile_seconds=compile_s, loss=float(loss))
+            cpu_times.append(dc)
+    out = dict(spread(times), first_call_seconds=first, compile_seconds=compile_s, loss=float(loss),
+               cpu_seconds=statistics.median(cpu_times), cpu_times=cpu_times, runtime=runtime,
+               compiler_options=copts, fused_norm=a.get("fused_norm", "auto"))
     if gpu:
         stats = dev.memory_stats() or {}
         out.update(peak_bytes=int(stats.get("peak_bytes_in_use", 0)), memory_source="jax peak_bytes_in_use")
@@ -298,13 +307,13 @@ def run_torch(s: dict, a: dict) -> dict:
         torch.cuda.reset_peak_memory_stats()
     baseline = current_rss_bytes()
 
-    times, first, err = [], None, None
+    times, cpu_times, first, err = [], [], None, None
     for i, n in enumerate(a["prefixes"]):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         g, loss = tr.meta_gradient(model, params, timages, tlabels, treal_x, treal_y, prefix=n, window=window, chunk=chunk)
         if gpu:
             torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
         if i == 0:
             first = dt
             if ref is not None and int(ref["prefix"]) == n:
@@ -314,9 +323,11 @@ def run_torch(s: dict, a: dict) -> dict:
                 loss_err = abs(loss - float(ref["loss"]))
         else:
             times.append(dt)
+            cpu_times.append(dc)
         del g
     out = dict(spread(times), first_call_seconds=first, compile_seconds=0.0, loss=loss, grad_rel_err=err,
-               torch_threads=torch.get_num_threads(), torch_chunk=chunk)
+               torch_threads=torch.get_num_threads(), torch_chunk=chunk, cpu_seconds=statistics.median(cpu_times),
+               cpu_times=cpu_times)
     if err is not None:
         out["loss_abs_err"] = loss_err
     if gpu:
@@ -416,6 +427,21 @@ def label(s: dict) -> str:
             f"remat {s['remat']}")
 
 
+def start_load(n: int, max_seconds: float) -> list[subprocess.Popen]:
+    """n busy-looping Python processes (a competing load on the shared CPU), each ending by itself after
+    max_seconds even if this process dies; stop them with `stop_load`."""
+    code = f"import time\nend = time.monotonic() + {float(max_seconds)}\nwhile time.monotonic() < end:\n    pass\n"
+    return [subprocess.Popen([sys.executable, "-c", code]) for _ in range(n)]
+
+
+def stop_load(procs: list[subprocess.Popen]) -> None:
+    for p in procs:  # only the processes started by start_load, by their own handles
+        if p.poll() is None:
+            p.kill()
+    for p in procs:
+        p.wait()
+
+
 def run_child(impl: str, s: dict, a: dict, timeout: float, log, script: str = __file__) -> dict:
     """Run `script --worker JOB` in a fresh process (one thread each on CPU when a["threads"] == 1); its last JSON line."""
     cmd = [sys.executable, os.path.abspath(script), "--worker", json.dumps(dict(impl=impl, setting=s, args=a))]
@@ -427,8 +453,10 @@ def run_child(impl: str, s: dict, a: dict, timeout: float, log, script: str = __
         env["JAX_PLATFORMS"] = "cpu"
         env["CUDA_VISIBLE_DEVICES"] = ""
         if a.get("threads") == 1:
-            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
-                                "intra_op_parallelism_threads=1").strip()
+            # one XLA worker thread (NPROC sizes XLA:CPU's thread pool, also set by xla_options.configure_cpu
+            # in the child) and single-threaded Eigen matmuls / convolutions
+            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
+            env["NPROC"] = "1"
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -457,9 +485,10 @@ def mib(x) -> str:
 
 def markdown(pairs: list[dict], peak_gflops: float) -> str:
     head = ("| setting | jaxdd s/step median [min–max] | torch s/step median [min–max] | speedup torch/jaxdd | "
-            "jaxdd compile s | jaxdd peak MiB | torch peak MiB | memory jaxdd/torch | jaxdd GFLOP (model) | "
-            "jaxdd GFLOP/s (% peak) | torch GFLOP/s (% peak) | grad rel err |")
-    rows = [head, "|" + "---|" * 12]
+            "CPU-time speedup | jaxdd compile s | jaxdd peak MiB | torch peak MiB | memory jaxdd/torch | "
+            "memory above baseline jaxdd/torch | jaxdd GFLOP (model) | jaxdd GFLOP/s (% peak) | torch GFLOP/s (% peak) | "
+            "grad rel err |")
+    rows = [head, "|" + "---|" * 14]
     for p in pairs:
         j, t = p["jaxdd"], p["torch"]
         gj = gt = "-"
@@ -473,11 +502,55 @@ def markdown(pairs: list[dict], peak_gflops: float) -> str:
         rows.append("| " + " | ".join([
             label(p["setting"]), fmt_s(j), fmt_s(t),
             f"{p['speedup']:.2f}" if p.get("speedup") else "-",
+            f"{p['cpu_speedup']:.2f}" if p.get("cpu_speedup") else "-",
             f"{j['compile_seconds']:.1f}" if j.get("status") == "ok" else "-",
             mib(j.get("peak_bytes")), mib(t.get("peak_bytes")),
             f"{p['memory_ratio']:.2f}" if p.get("memory_ratio") else "-",
+            f"{p['memory_ratio_above_baseline']:.2f}" if p.get("memory_ratio_above_baseline") else "-",
             flops, gj, gt, "-" if err is None else f"{err:.1e}"]) + " |")
     return "\n".join(rows)
+
+
+def measure_all(args, settings, repeats, tmp, log, emit, pairs, torch_cache) -> None:
+    """Measure every setting: jaxdd and torch children alternating; appends to `pairs`."""
+    for i, s in enumerate(settings):
+        prefixes = prefixes_for(s, repeats + 1, args.seed + i)
+        a = dict(device=args.device, conv=args.conv, fused_norm=args.fused_norm, xla_options=args.xla_options,
+                 malloc=args.malloc, threads=args.threads, seed=args.seed, prefixes=prefixes, torch_chunk=args.torch_chunk,
+                 no_flops=args.no_flops, exchange=os.path.join(tmp, f"s{i}.npz"))
+        log(f"[{i + 1}/{len(settings)}] {label(s)}  prefixes {prefixes}")
+        res = {}
+        for impl in args.impls:
+            # torch has no remat: measure it once per setting (remat on/off share it), right after jaxdd
+            tkey = json.dumps(dict(s, remat=None, prefixes=prefixes), sort_keys=True)
+            if impl == "torch" and tkey in torch_cache:
+                res[impl] = dict(torch_cache[tkey], reused=True)
+                log("  torch: same setting as above, measured once")
+                continue
+            r = run_child(impl, s, a, args.timeout, log)
+            r.update(kind="run", impl=impl, setting=s, prefixes=prefixes)
+            emit(r)
+            res[impl] = r
+            if impl == "torch" and r.get("status") == "ok":
+                torch_cache[tkey] = r
+            if r.get("status") == "ok":
+                extra = f", compile {r['compile_seconds']:.1f} s" if impl == "jaxdd" else ""
+                extra += f", grad rel err {r['grad_rel_err']:.1e}" if r.get("grad_rel_err") is not None else ""
+                log(f"  {impl}: {fmt_s(r)} s/step, peak {mib(r['peak_bytes'])} MiB{extra} (child {r['wall_seconds']:.0f} s)")
+        if "jaxdd" in res and "torch" in res:
+            j, t = res["jaxdd"], res["torch"]
+            p = dict(kind="pair", setting=s, label=label(s), jaxdd=j, torch=t)
+            if j.get("status") == "ok" and t.get("status") == "ok":
+                p.update(speedup=t["seconds"] / j["seconds"], memory_ratio=j["peak_bytes"] / t["peak_bytes"])
+                if j.get("cpu_seconds") and t.get("cpu_seconds"):
+                    p["cpu_speedup"] = t["cpu_seconds"] / j["cpu_seconds"]
+                if j.get("baseline_bytes") and t.get("baseline_bytes"):
+                    dj, dt = j["peak_bytes"] - j["baseline_bytes"], t["peak_bytes"] - t["baseline_bytes"]
+                    p["memory_ratio_above_baseline"] = dj / dt if dt > 0 else None
+            pairs.append(p)
+            emit({k: v for k, v in p.items() if k not in ("jaxdd", "torch")} | dict(
+                jaxdd_seconds=j.get("seconds"), torch_seconds=t.get("seconds"), jaxdd_peak_bytes=j.get("peak_bytes"),
+                torch_peak_bytes=t.get("peak_bytes")))
 
 
 def main() -> None:
@@ -499,11 +572,22 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=500, help="outer chunk for real batches larger than it (0: none)")
     ap.add_argument("--torch-chunk", choices=("same", "none"), default="same",
                     help="same: torch computes λ in the same chunks as jaxdd; none: one backward of the whole batch")
-    ap.add_argument("--conv", choices=("auto", "xla", "shifted"), default="auto", help="jaxdd convolution")
+    ap.add_argument("--conv", choices=("auto", "xla", "native", "shifted", "taps"), default="auto",
+                    help="jaxdd convolution (auto: native on CPU, xla on GPU)")
+    ap.add_argument("--fused-norm", choices=("auto", "on", "off"), default="auto",
+                    help="jaxdd instance norm through its fused custom VJP (auto: with the native convolution)")
+    ap.add_argument("--xla-options", choices=("on", "off"), default="on",
+                    help="jaxdd's per-jit XLA options (jaxdd.xla_options.compiler_options) or XLA's defaults")
+    ap.add_argument("--malloc", choices=("on", "off"), default="on",
+                    help="jaxdd child: xla_options.configure_cpu's malloc setting (large blocks from the heap)")
     ap.add_argument("--threads", type=int, default=None,
-                    help="CPU threads for both (0: library defaults; 1, the CPU default: torch.set_num_threads(1) "
-                         "and XLA without its multi-threaded Eigen pool; on a shared machine torch's OpenMP threads "
-                         "collapse under contention: 26-30 s/step instead of 0.8 at --quick)")
+                    help="CPU threads for both (0: library defaults; 1, the CPU default: torch.set_num_threads(1), and XLA with "
+                         "one worker thread (NPROC=1) and single-threaded Eigen; before this option set NPROC, XLA ran "
+                         "independent operations on 2 worker threads even with --threads 1)")
+    ap.add_argument("--load", type=int, default=0,
+                    help="run N busy-looping processes (python: while True: pass) during the measurement, as a "
+                         "competing load; they are killed afterwards and end by themselves after --load-max-seconds")
+    ap.add_argument("--load-max-seconds", type=float, default=3600.0)
     ap.add_argument("--impls", type=csv(str), default=["jaxdd", "torch"])
     ap.add_argument("--repeats", type=int, default=None, help="timed meta-steps after the warm-up (default 3, quick 3)")
     ap.add_argument("--seed", type=int, default=0)
@@ -535,6 +619,7 @@ def main() -> None:
     sink = open(args.out, "a") if args.out else None
 
     meta["threads"] = args.threads
+    meta["load"] = args.load
 
     def emit(rec):
         line = json.dumps(rec)
@@ -547,41 +632,13 @@ def main() -> None:
     emit(meta)
     tmp = tempfile.mkdtemp(prefix="jaxdd-bench-")
     pairs, torch_cache = [], {}
-    for i, s in enumerate(settings):
-        prefixes = prefixes_for(s, repeats + 1, args.seed + i)
-        a = dict(device=args.device, conv=args.conv, threads=args.threads, seed=args.seed, prefixes=prefixes, torch_chunk=args.torch_chunk,
-                 no_flops=args.no_flops, exchange=os.path.join(tmp, f"s{i}.npz"))
-        log(f"[{i + 1}/{len(settings)}] {label(s)}  prefixes {prefixes}")
-        res = {}
-        for impl in args.impls:
-            # torch has no remat: measure it once per setting (remat on/off share it), right after jaxdd
-            tkey = json.dumps(dict(s, remat=None, prefixes=prefixes), sort_keys=True)
-            if impl == "torch" and tkey in torch_cache:
-                res[impl] = dict(torch_cache[tkey], reused=True)
-                log("  torch: same setting as above, measured once")
-                continue
-            r = run_child(impl, s, a, args.timeout, log)
-            r.update(kind="run", impl=impl, setting=s, prefixes=prefixes)
-            emit(r)
-            res[impl] = r
-            if impl == "torch" and r.get("status") == "ok":
-                torch_cache[tkey] = r
-            if r.get("status") == "ok":
-                extra = f", compile {r['compile_seconds']:.1f} s" if impl == "jaxdd" else ""
-                extra += f", grad rel err {r['grad_rel_err']:.1e}" if r.get("grad_rel_err") is not None else ""
-                log(f"  {impl}: {fmt_s(r)} s/step, peak {mib(r['peak_bytes'])} MiB{extra} (child {r['wall_seconds']:.0f} s)")
-        if "jaxdd" in res and "torch" in res:
-            j, t = res["jaxdd"], res["torch"]
-            p = dict(kind="pair", setting=s, label=label(s), jaxdd=j, torch=t)
-            if j.get("status") == "ok" and t.get("status") == "ok":
-                p.update(speedup=t["seconds"] / j["seconds"], memory_ratio=j["peak_bytes"] / t["peak_bytes"])
-                if j.get("baseline_bytes") and t.get("baseline_bytes"):
-                    dj, dt = j["peak_bytes"] - j["baseline_bytes"], t["peak_bytes"] - t["baseline_bytes"]
-                    p["memory_ratio_above_baseline"] = dj / dt if dt > 0 else None
-            pairs.append(p)
-            emit({k: v for k, v in p.items() if k not in ("jaxdd", "torch")} | dict(
-                jaxdd_seconds=j.get("seconds"), torch_seconds=t.get("seconds"), jaxdd_peak_bytes=j.get("peak_bytes"),
-                torch_peak_bytes=t.get("peak_bytes")))
+    load = start_load(args.load, args.load_max_seconds) if args.load else []
+    if load:
+        log(f"# competing load: {args.load} busy-looping processes (pids {[q.pid for q in load]})")
+    try:
+        measure_all(args, settings, repeats, tmp, log, emit, pairs, torch_cache)
+    finally:
+        stop_load(load)
     table = markdown(pairs, peak)
     if args.md:
         with open(args.md, "w") as f:
@@ -596,12 +653,15 @@ def main() -> None:
             p = pairs[0]
             j, t = p["jaxdd"], p["torch"]
             summary = dict(setting=p["label"], jaxdd_seconds=j.get("seconds"), torch_seconds=t.get("seconds"),
-                           speedup=p.get("speedup"), jaxdd_peak_bytes=j.get("peak_bytes"),
+                           speedup=p.get("speedup"), cpu_speedup=p.get("cpu_speedup"),
+                           jaxdd_cpu_seconds=j.get("cpu_seconds"), torch_cpu_seconds=t.get("cpu_seconds"),
+                           jaxdd_peak_bytes=j.get("peak_bytes"),
                            torch_peak_bytes=t.get("peak_bytes"), memory_ratio=p.get("memory_ratio"),
                            memory_ratio_above_baseline=p.get("memory_ratio_above_baseline"),
                            jaxdd_compile_seconds=j.get("compile_seconds"), jaxdd_flops=j.get("flops"),
                            jaxdd_model_flops=j.get("model_flops"), grad_rel_err=t.get("grad_rel_err"),
-                           peak_gflops=peak, device=args.device, versions=meta["versions"])
+                           peak_gflops=peak, device=args.device, load=args.load, threads=args.threads,
+                           versions=meta["versions"])
         print(json.dumps(summary), flush=True)
 
 

@@ -56,7 +56,7 @@ import optax
 
 from jaxdd import augment as augment_lib
 from jaxdd import models as models_lib
-from jaxdd import parallel
+from jaxdd import parallel, xla_options
 from jaxdd.errors import require
 
 __all__ = [
@@ -369,7 +369,7 @@ def _trainer(model: models_lib.Model, optimizer: str, momentum: float, weight_de
 
         return jax.lax.fori_loop(start, stop, body, carry)
 
-    run = jax.jit(jax.vmap(run_one, in_axes=(0, 0) + (None,) * 9), donate_argnums=(0,))
+    run = xla_options.jit(jax.vmap(run_one, in_axes=(0, 0) + (None,) * 9), donate_argnums=(0,))
     return init, run
 
 
@@ -389,7 +389,7 @@ def _scorer(model: models_lib.Model):
         _, counts = jax.lax.scan(chunk, None, (xs, ys, ms))  # [n_chunks, K]
         return counts.sum(0)
 
-    return jax.jit(score)
+    return xla_options.jit(score)
 
 
 def _chunks(x: np.ndarray, y: np.ndarray, size: int):

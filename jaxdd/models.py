@@ -5,10 +5,13 @@ Every model is used through `Model.init(key) -> (params, state)` and
 dicts of arrays (pytrees): that is what the unroll differentiates, vmaps over a population of
 networks, and checkpoints. `state` holds batch-norm statistics (empty for the other norms).
 
-Convolutions have two implementations with the same numbers: ``"xla"`` (`lax.conv_general_dilated`,
-the right choice on GPU/TPU) and ``"shifted"`` (pad + k·k shifted slices + one matmul), which is far
-faster than XLA:CPU's convolution inside second-order `scan` graphs (jax-ml/jax#12868). ``"auto"``
-picks ``"shifted"`` on CPU and ``"xla"`` elsewhere.
+Convolutions have several implementations with the same numbers (`CONV_IMPLS`): ``"xla"``
+(`lax.conv_general_dilated`, the right choice on GPU/TPU); ``"native"``, the same XLA convolution behind
+custom VJPs that keep every derivative order a forward-shaped convolution (XLA:CPU runs those with
+Eigen; the kernel-gradient convolutions of JAX's own VJP fall to a naive loop inside `scan` bodies,
+jax-ml/jax#12868); ``"shifted"`` (im2col: pad + k·k shifted slices + one matmul) and ``"taps"`` (k·k
+matmuls accumulated). ``"auto"`` picks ``"native"`` on CPU and ``"xla"`` elsewhere; measurements in
+benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -31,15 +34,15 @@ NORMS = ("instance", "batch", "none")
 MODELS = ("convnet", "convnet_bn", "convnet_nonorm", "resnet18", "mlp")
 
 
-CONV_IMPLS = ("xla", "shifted", "taps", "rows", "taps_vjp", "native")
+CONV_IMPLS = ("xla", "native", "shifted", "taps")
 
 
 def resolve_conv_impl(conv: str) -> str:
-    """Map ``"auto"`` to the convolution implementation suited to the default backend."""
+    """Map ``"auto"`` to the convolution implementation suited to the default backend: "native" on CPU."""
     require(conv == "auto" or conv in CONV_IMPLS,
             f"unknown conv implementation '{conv}': use auto, {', '.join(CONV_IMPLS)}")
     if conv == "auto":
-        return "shifted" if jax.default_backend() == "cpu" else "xla"
+        return "native" if jax.default_backend() == "cpu" else "xla"
     return conv
 
 
@@ -47,103 +50,34 @@ def _pad_hw(x, padding):
     return jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0))) if padding else x
 
 
-def _out_hw(xp, kh, kw, stride):
-    return (xp.shape[1] - kh) // stride + 1, (xp.shape[2] - kw) // stride + 1
-
-
 def _tap(xp, i, j, stride, h_out, w_out):
     """The input window of kernel tap (i, j): xp[:, i + stride·h, j + stride·w, :] for every output (h, w)."""
     return xp[:, i : i + stride * (h_out - 1) + 1 : stride, j : j + stride * (w_out - 1) + 1 : stride, :]
 
 
-def _conv_shifted(x, kernel, stride, padding):
-    """im2col: k·k shifted slices concatenated on channels, then one matmul."""
-    kh, kw, cin, cout = kernel.shape
+def _taps(x, kernel, stride, padding):
+    kh, kw = kernel.shape[:2]
     xp = _pad_hw(x, padding)
-    h_out, w_out = _out_hw(xp, kh, kw, stride)
-    patches = [_tap(xp, i, j, stride, h_out, w_out) for i in range(kh) for j in range(kw)]
+    h_out, w_out = (xp.shape[1] - kh) // stride + 1, (xp.shape[2] - kw) // stride + 1
+    return [[_tap(xp, i, j, stride, h_out, w_out) for j in range(kw)] for i in range(kh)]
+
+
+def _conv_shifted(x, kernel, stride, padding):
+    """im2col: the k·k shifted slices concatenated on channels (a k·k-wide tensor), then one matmul."""
+    kh, kw, cin, cout = kernel.shape
+    patches = [t for row in _taps(x, kernel, stride, padding) for t in row]
     cols = jnp.concatenate(patches, axis=-1) if len(patches) > 1 else patches[0]
     return cols @ kernel.reshape(kh * kw * cin, cout)
 
 
 def _conv_taps(x, kernel, stride, padding):
-    """Σ over the k·k taps of (shifted slice) @ kernel[i, j]: no k·k-wide patch tensor."""
-    kh, kw, _, _ = kernel.shape
-    xp = _pad_hw(x, padding)
-    h_out, w_out = _out_hw(xp, kh, kw, stride)
+    """Σ over the k·k taps of (shifted slice) @ kernel[i, j]: k·k matmuls accumulated, no wide tensor."""
     y = None
-    for i in range(kh):
-        for j in range(kw):
-            t = _tap(xp, i, j, stride, h_out, w_out) @ kernel[i, j]
+    for i, row in enumerate(_taps(x, kernel, stride, padding)):
+        for j, tap in enumerate(row):
+            t = tap @ kernel[i, j]
             y = t if y is None else y + t
     return y
-
-
-def _conv_rows(x, kernel, stride, padding):
-    """kw column shifts concatenated on channels (a kw-wide patch tensor), then kh row-shifted matmuls summed."""
-    kh, kw, cin, cout = kernel.shape
-    xp = _pad_hw(x, padding)
-    h_out, w_out = _out_hw(xp, kh, kw, stride)
-    cols = [xp[:, :, j : j + stride * (w_out - 1) + 1 : stride, :] for j in range(kw)]
-    cols = jnp.concatenate(cols, axis=-1) if kw > 1 else cols[0]
-    y = None
-    for i in range(kh):
-        t = cols[:, i : i + stride * (h_out - 1) + 1 : stride] @ kernel[i].reshape(kw * cin, cout)
-        y = t if y is None else y + t
-    return y
-
-
-def _kernel_grad(xp, dy, kshape, stride, how):
-    """dkernel[i, j] = Σ_{n,h,w} xp[n, i + stride·h, j + stride·w, :]ᵀ dy[n, h, w, :] (HWIO)."""
-    kh, kw, cin, cout = kshape
-    h_out, w_out = dy.shape[1], dy.shape[2]
-    taps = [_tap(xp, i, j, stride, h_out, w_out) for i in range(kh) for j in range(kw)]
-    if how == "im2col":
-        cols = jnp.concatenate(taps, axis=-1) if len(taps) > 1 else taps[0]
-        return jnp.einsum("nhwk,nhwd->kd", cols, dy).reshape(kshape)
-    return jnp.stack([jnp.einsum("nhwc,nhwd->cd", t, dy) for t in taps]).reshape(kshape)
-
-
-def _input_grad_taps(xshape, kernel, stride, padding, dy):
-    """dx = Σ_taps (dy @ kernel[i, j]ᵀ) placed at the tap's offset (interior padding for stride > 1)."""
-    kh, kw, _, _ = kernel.shape
-    hp, wp = xshape[1] + 2 * padding, xshape[2] + 2 * padding
-    h_out, w_out = dy.shape[1], dy.shape[2]
-    dxp = None
-    for i in range(kh):
-        for j in range(kw):
-            g = dy @ kernel[i, j].T
-            cfg = [(0, 0, 0), (i, hp - i - (stride * (h_out - 1) + 1), stride - 1),
-                   (j, wp - j - (stride * (w_out - 1) + 1), stride - 1), (0, 0, 0)]
-            g = jax.lax.pad(g, jnp.zeros((), g.dtype), cfg)
-            dxp = g if dxp is None else dxp + g
-    return dxp[:, padding : padding + xshape[1], padding : padding + xshape[2]] if padding else dxp
-
-
-def _make_custom_conv(forward, input_grad="taps", kernel_grad="taps"):
-    """A convolution whose VJP is again made of this convolution (input gradient, stride 1) and matmuls
-    over the taps (kernel gradient): every derivative order stays in these forms."""
-
-    @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-    def conv(x, kernel, stride, padding):
-        return forward(x, kernel, stride, padding)
-
-    def fwd(x, kernel, stride, padding):
-        return conv(x, kernel, stride, padding), (x, kernel)
-
-    def bwd(stride, padding, res, dy):
-        x, kernel = res
-        kh, kw = kernel.shape[:2]
-        if input_grad == "conv" and stride == 1 and kh - 1 - padding >= 0:
-            flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
-            dx = conv(dy, flipped, 1, kh - 1 - padding)
-        else:
-            dx = _input_grad_taps(x.shape, kernel, stride, padding, dy)
-        dk = _kernel_grad(_pad_hw(x, padding), dy, kernel.shape, stride, kernel_grad)
-        return dx, dk
-
-    conv.defvjp(fwd, bwd)
-    return conv
 
 
 def _conv_xla(x, kernel, stride, padding):
@@ -180,8 +114,8 @@ def _conv_kgrad(x, dy, padding):
 
     Written as a forward-shaped convolution (batch = input channels, features = images, the output
     gradient as the kernel) between explicit transposes: XLA:CPU runs that form with Eigen, where the
-    kernel-gradient form JAX's own VJP emits (dim_labels f01b_i01o->01bf) falls to a naive loop inside
-    `scan` bodies, 40-70× slower (jax-ml/jax#12868).
+    kernel-gradient form of JAX's own VJP (dim_labels f01b_i01o->01bf) falls to a naive loop inside
+    `scan` / `while` bodies, 40-70× slower (the jax-ml/jax#12868 pathology).
     """
     xp = _pad_hw(x, padding)
     out = jax.lax.conv_general_dilated(xp.transpose(3, 1, 2, 0), dy.transpose(1, 2, 0, 3), (1, 1), [(0, 0), (0, 0)],
@@ -194,6 +128,8 @@ def _conv_kgrad_fwd(x, dy, padding):
 
 
 def _conv_kgrad_bwd(padding, res, g):
+    # <kgrad(x, dy), g> is bilinear: its x-gradient is the input gradient of a convolution with kernel g,
+    # its dy-gradient the forward convolution of x with g.
     x, dy = res
     return _conv_same(dy, _flip_io(g), g.shape[0] - 1 - padding), _conv_same(x, g, padding)
 
@@ -202,20 +138,19 @@ _conv_kgrad.defvjp(_conv_kgrad_fwd, _conv_kgrad_bwd)
 
 
 def _conv_native(x, kernel, stride, padding):
-    """XLA's convolution; for stride 1 through `_conv_same`, whose higher derivatives stay forward-shaped."""
-    if stride == 1 and padding <= min(kernel.shape[:2]) - 1 and kernel.shape[0] == kernel.shape[1]:
+    """XLA's convolution; stride 1 (square kernel, padding < kernel) through `_conv_same`, so that every
+    derivative order is again a forward-shaped convolution; other strides as plain `lax.conv`."""
+    kh, kw = kernel.shape[:2]
+    if stride == 1 and kh == kw and padding <= kh - 1:
         return _conv_same(x, kernel, padding)
     return _conv_xla(x, kernel, stride, padding)
 
 
-_conv_taps_vjp = _make_custom_conv(_conv_taps)
-
-_CONVS = {"xla": _conv_xla, "shifted": _conv_shifted, "taps": _conv_taps, "rows": _conv_rows,
-          "taps_vjp": _conv_taps_vjp, "native": _conv_native}
+_CONVS = {"xla": _conv_xla, "native": _conv_native, "shifted": _conv_shifted, "taps": _conv_taps}
 
 
 def conv2d(x, kernel, *, stride: int = 1, padding: int = 0, impl: str = "xla"):
-    """2-D convolution, NHWC input, HWIO kernel, symmetric zero padding; `impl` one of CONV_IMPLS."""
+    """2-D convolution, NHWC input, HWIO kernel, symmetric zero padding; `impl` one of CONV_IMPLS (same numbers)."""
     return _CONVS[impl](x, kernel, stride, padding)
 
 
@@ -260,15 +195,57 @@ class Dense(nnx.Module):
         return x @ self.kernel[...] + self.bias[...]
 
 
-class InstanceNorm(nnx.Module):
-    """GroupNorm with one group per channel (the ConvNet's 'instancenorm'), affine, eps 1e-5."""
+def _instance_norm_parts(x, eps):
+    mean = x.mean(axis=(1, 2), keepdims=True)
+    xc = x - mean
+    r = jax.lax.rsqrt(jnp.square(xc).mean(axis=(1, 2), keepdims=True) + eps)
+    return xc * r, r
 
-    def __init__(self, channels, eps=1e-5):
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def instance_norm(x, scale, shift, eps):
+    """Instance norm of NHWC `x` (per image and channel over H, W) with affine scale / shift.
+
+    The forward is the plain formula; the VJP sums the output gradient once per (image, channel) and
+    derives the input, scale and shift gradients from those sums (GroupNorm's fused backward), where
+    autodiff of the plain formula emits separate full-size reductions and broadcasts. The VJP is
+    itself differentiable, as the meta-gradient needs.
+    """
+    xhat, _ = _instance_norm_parts(x, eps)
+    return xhat * scale + shift
+
+
+def _instance_norm_fwd(x, scale, shift, eps):
+    xhat, r = _instance_norm_parts(x, eps)
+    return xhat * scale + shift, (xhat, r, scale)
+
+
+def _instance_norm_bwd(eps, res, g):
+    xhat, r, scale = res
+    m = xhat.shape[1] * xhat.shape[2]
+    a = g.sum(axis=(1, 2), keepdims=True)
+    b = (g * xhat).sum(axis=(1, 2), keepdims=True)
+    gx = (r * scale) * (g - a / m - xhat * (b / m))
+    return gx, b.sum(axis=(0, 1, 2)), a.sum(axis=(0, 1, 2))
+
+
+instance_norm.defvjp(_instance_norm_fwd, _instance_norm_bwd)
+
+
+class InstanceNorm(nnx.Module):
+    """GroupNorm with one group per channel (the ConvNet's 'instancenorm'), affine, eps 1e-5.
+
+    fused: use `instance_norm` (custom VJP); otherwise autodiff of the same formula.
+    """
+
+    def __init__(self, channels, eps=1e-5, fused=False):
         self.scale = nnx.Param(jnp.ones((channels,)))
         self.bias = nnx.Param(jnp.zeros((channels,)))
-        self.eps = eps
+        self.eps, self.fused = eps, fused
 
     def __call__(self, x):
+        if self.fused:
+            return instance_norm(x, self.scale[...], self.bias[...], self.eps)
         mean = x.mean(axis=(1, 2), keepdims=True)
         var = jnp.square(x - mean).mean(axis=(1, 2), keepdims=True)
         return (x - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
@@ -277,10 +254,10 @@ class InstanceNorm(nnx.Module):
 class Norm(nnx.Module):
     """One of instance / batch / no normalisation, with a common call signature."""
 
-    def __init__(self, kind, channels, *, rngs):
+    def __init__(self, kind, channels, *, fused=False, rngs):
         self.kind = kind
         if kind == "instance":
-            self.layer = InstanceNorm(channels)
+            self.layer = InstanceNorm(channels, fused=fused)
         elif kind == "batch":
             self.layer = nnx.BatchNorm(channels, momentum=0.9, epsilon=1e-5, rngs=rngs)
         else:
@@ -296,14 +273,14 @@ class ConvNet(nnx.Module):
     """The distillation field's ConvNet: depth × [conv3×3 → norm → ReLU → avgpool 2×2] → linear."""
 
     def __init__(self, image_shape, num_classes, *, width=128, depth=3, norm="instance", init="torch",
-                 impl="xla", rngs):
+                 impl="xla", fused_norm=False, rngs):
         h, w, c = image_shape
         convs, norms = [], []
         for _ in range(depth):
             require(h >= 2 and w >= 2, f"ConvNet depth {depth} is too deep for {image_shape[0]}×{image_shape[1]} "
                     f"images: use --depth {_max_depth(image_shape)} or fewer")
             convs.append(Conv(c, width, init=init, impl=impl, rngs=rngs))
-            norms.append(Norm(norm, width, rngs=rngs))
+            norms.append(Norm(norm, width, fused=fused_norm, rngs=rngs))
             c, h, w = width, h // 2, w // 2
         self.convs, self.norms = nnx.List(convs), nnx.List(norms)
         self.head = Dense(h * w * c, num_classes, init=init, rngs=rngs)
@@ -321,15 +298,15 @@ def _max_depth(image_shape):
 
 
 class BasicBlock(nnx.Module):
-    def __init__(self, cin, cout, stride, *, norm, init, impl, rngs):
+    def __init__(self, cin, cout, stride, *, norm, init, impl, fused_norm=False, rngs):
         self.conv1 = Conv(cin, cout, stride=stride, bias=False, init=init, impl=impl, rngs=rngs)
-        self.norm1 = Norm(norm, cout, rngs=rngs)
+        self.norm1 = Norm(norm, cout, fused=fused_norm, rngs=rngs)
         self.conv2 = Conv(cout, cout, bias=False, init=init, impl=impl, rngs=rngs)
-        self.norm2 = Norm(norm, cout, rngs=rngs)
+        self.norm2 = Norm(norm, cout, fused=fused_norm, rngs=rngs)
         if stride != 1 or cin != cout:
             self.short = Conv(cin, cout, kernel=1, stride=stride, padding=0, bias=False, init=init, impl=impl,
                               rngs=rngs)
-            self.short_norm = Norm(norm, cout, rngs=rngs)
+            self.short_norm = Norm(norm, cout, fused=fused_norm, rngs=rngs)
         else:
             self.short = None
 
@@ -343,15 +320,17 @@ class BasicBlock(nnx.Module):
 class ResNet18(nnx.Module):
     """ResNet-18, CIFAR style (3×3 stem, no max-pool), batch norm by default."""
 
-    def __init__(self, image_shape, num_classes, *, width=64, norm="batch", init="torch", impl="xla", rngs):
+    def __init__(self, image_shape, num_classes, *, width=64, norm="batch", init="torch", impl="xla", fused_norm=False,
+                 rngs):
         c = image_shape[-1]
         self.stem = Conv(c, width, bias=False, init=init, impl=impl, rngs=rngs)
-        self.stem_norm = Norm(norm, width, rngs=rngs)
+        self.stem_norm = Norm(norm, width, fused=fused_norm, rngs=rngs)
         blocks, cin = [], width
         for i, mult in enumerate((1, 2, 4, 8)):
             for j in range(2):
                 stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(BasicBlock(cin, width * mult, stride, norm=norm, init=init, impl=impl, rngs=rngs))
+                blocks.append(BasicBlock(cin, width * mult, stride, norm=norm, init=init, impl=impl,
+                                         fused_norm=fused_norm, rngs=rngs))
                 cin = width * mult
         self.blocks = nnx.List(blocks)
         self.head = Dense(cin, num_classes, init=init, rngs=rngs)
@@ -395,17 +374,20 @@ class Model:
 
 def make_model(name: str = "convnet", *, image_shape, num_classes, width: int | None = None,
                depth: int | None = None, norm: str | None = None, init: str = "torch",
-               conv: str = "auto") -> Model:
+               conv: str = "auto", fused_norm: bool | None = None) -> Model:
     """Build a `Model` by name: convnet (norm instance|batch|none), convnet_bn, convnet_nonorm, resnet18, mlp.
 
     Defaults: ConvNet width 128 and the deepest depth ≤ 3 the image allows (3 for 32×32: 320,010
-    parameters on CIFAR-10); ResNet-18 width 64; MLP width 128, depth 2.
+    parameters on CIFAR-10); ResNet-18 width 64; MLP width 128, depth 2. conv: a CONV_IMPLS name or
+    "auto" (`resolve_conv_impl`). fused_norm: instance norm through `instance_norm`'s custom VJP
+    (None: with the "native" convolution, i.e. the CPU default); same numbers either way.
     """
     require(name in MODELS, f"unknown model '{name}': use one of {', '.join(MODELS)}")
     require(init in ("torch", "flax"), f"unknown init '{init}': use torch or flax")
     image_shape = tuple(int(s) for s in image_shape)
     require(len(image_shape) == 3, f"images must be [H, W, C], got shape {image_shape}")
     impl = resolve_conv_impl(conv)
+    fused = impl == "native" if fused_norm is None else bool(fused_norm)
     if name == "convnet_bn":
         name, norm = "convnet", "batch"
     elif name == "convnet_nonorm":
@@ -414,12 +396,12 @@ def make_model(name: str = "convnet", *, image_shape, num_classes, width: int | 
         norm = norm or "instance"
         require(norm in NORMS, f"unknown norm '{norm}': use one of {', '.join(NORMS)}")
         depth = depth or min(3, _max_depth(image_shape))
-        kwargs = dict(width=width or 128, depth=depth, norm=norm, init=init, impl=impl)
+        kwargs = dict(width=width or 128, depth=depth, norm=norm, init=init, impl=impl, fused_norm=fused)
         cls = ConvNet
     elif name == "resnet18":
         norm = norm or "batch"
         require(norm in NORMS, f"unknown norm '{norm}': use one of {', '.join(NORMS)}")
-        kwargs = dict(width=width or 64, norm=norm, init=init, impl=impl)
+        kwargs = dict(width=width or 64, norm=norm, init=init, impl=impl, fused_norm=fused)
         cls = ResNet18
     else:
         kwargs = dict(width=width or 128, depth=depth or 2, init=init)

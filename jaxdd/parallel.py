@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from jaxdd import xla_options
 from jaxdd.errors import JaxddError, require
 
 __all__ = ["make_mesh", "num_devices", "put", "replicated", "batch_sharding", "put_dataset",
@@ -154,12 +155,13 @@ def jit_step(step, mesh, state, *, num_images: int | None = None, batch_sharding
     """jax.jit of an outer step(state, batch, key) -> (state, metrics) with the state donated.
 
     With a mesh: the state per `state_shardings`, every leaf of the batch split along 'data'
-    (batch_sharding_kind "data") or replicated (None), metrics replicated.
+    (batch_sharding_kind "data") or replicated (None), metrics replicated. Compiled with jaxdd's XLA
+    options for the backend (`xla_options.compiler_options`).
     """
     if mesh is None:
-        return jax.jit(step, donate_argnums=0)
+        return xla_options.jit(step, donate_argnums=0)
     rep = replicated(mesh)
     batch_sh = batch_sharding(mesh) if batch_sharding_kind == "data" else rep
     state_sh = state_shardings(mesh, state, num_images=num_images)
-    return jax.jit(step, in_shardings=(state_sh, batch_sh, rep), out_shardings=(state_sh, rep),
-                   donate_argnums=0)
+    return xla_options.jit(step, in_shardings=(state_sh, batch_sh, rep), out_shardings=(state_sh, rep),
+                           donate_argnums=0)
