@@ -112,9 +112,17 @@ def test_synthetic_set_layout_and_frozen_rows_stay_bit_identical(digits):
     assert np.abs(after[b0] - images[b0]).max() > 1e-3
 
 
-def test_behaviour_fixture_from_before_the_refactor():
+def test_behaviour_fixture_from_before_the_refactor(monkeypatch):
     """digits, rat-bptt, IPC 1, seed 0, 20 meta-steps gives the images recorded on main before the method
-    interface existed (optax Adam with eps_root 1e-8, as then)."""
+    interface existed, with that time's settings: optax Adam (eps_root 1e-8), T 40, W 10, inner lr 1e-3,
+    and the CPU convolution and compiler options of then ("shifted", no per-jit XLA options; the CPU
+    defaults are now "native" and YNNPACK reductions, whose other summation orders Adam amplifies over
+    20 steps)."""
+    from jaxdd import models
+
+    monkeypatch.setenv("JAXDD_XLA_OPTIONS", "0")
+    resolve = models.resolve_conv_impl
+    monkeypatch.setattr(models, "resolve_conv_impl", lambda conv: "shifted" if conv == "auto" else resolve(conv))
     r = distillation.distill("digits", "rat-bptt", ipc=1, steps=20, seed=0, progress=False, final_eval=False,
                              **_FIXTURE_SETTINGS)
     with np.load(FIXTURE) as f:
