@@ -129,7 +129,7 @@ def test_images_sharded_along_the_image_axis(digits):
     assert _images(new_state).addressable_shards[0].data.shape[0] == 5
     _, single, state1, batch1 = _method(digits, None, 2)
     ref, _ = jax.jit(single.step)(state1, batch1, jax.random.key(7))
-    np.testing.assert_allclose(_images(new_state), _images(ref), rtol=1e-5, atol=1e-6)
+    _same_set(_images(new_state), _images(ref))  # float32 summation order, amplified by Adam's first step
 
 
 def test_evaluation_sharded_over_models(digits):
