@@ -147,6 +147,7 @@ def add_distill_parser(subparsers, method: str = "rat-bptt") -> argparse.Argumen
         epilog=DISTILL_EPILOG + "\nmethods:\n" + listing + "\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    spec = methods.get(method) if method in methods.available() else methods.get("rat-bptt")
     p.add_argument("--method", default="rat-bptt", metavar="METHOD",
                    help=f"one of: {', '.join(methods.available())} (default rat-bptt; see below)")
     p.add_argument("--ipc", type=_positive_int, default=1, metavar="N", help="synthetic images per class (default 1)")
@@ -158,7 +159,8 @@ def add_distill_parser(subparsers, method: str = "rat-bptt") -> argparse.Argumen
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --out")
     p.add_argument("--published", action="store_true",
-                   help="start from the paper's settings for this data set and IPC instead of the CPU preset")
+                   help="start from the paper's settings for this data set and IPC instead of the CPU preset"
+                        + (f"; {spec.published_help}" if spec.published_help else ""))
     p.add_argument("--devices", type=_positive_int, default=None, metavar="N",
                    help="devices to shard the population, real batch and evaluation over (default: all)")
     p.add_argument("--distributed", action="store_true",
@@ -171,7 +173,6 @@ def add_distill_parser(subparsers, method: str = "rat-bptt") -> argparse.Argumen
     p.add_argument("--process-id", type=_nonnegative_int, default=None, metavar="I",
                    help="with --distributed: this process's index in [0, N)")
     add_data_arguments(p, normalize=False)  # --normalize is one of the settings below
-    spec = methods.get(method) if method in methods.available() else methods.get("rat-bptt")
     settings = p.add_argument_group(f"settings of --method {spec.name} (default: the preset's value)")
     for field in dataclasses.fields(spec.settings):
         flag = "--" + field.name.replace("_", "-")

@@ -94,7 +94,7 @@ def prepare(dataset="digits", method: str = "rat-bptt", ipc: int = 1, steps: int
         total = len(loaded.x_train) + (0 if loaded.x_val is None else len(loaded.x_val))
         ipc = max(1, int(np.floor(ratio * total / loaded.num_classes + 0.5)))
     settings = presets.resolve(method, name, int(ipc), given, overrides, published=published)
-    steps = presets.default_steps(method, name) if steps is None else steps
+    steps = presets.default_steps(method, name, ipc, published) if steps is None else steps
     require(isinstance(steps, (int, np.integer)) and steps >= 0, f"--steps must be a non-negative integer, got {steps!r}")
     if out is not None:
         out = os.fspath(out)

@@ -72,5 +72,6 @@ def resolve(method: str, dataset_name: str, ipc: int, settings=None, overrides: 
     return resolved.validate(int(ipc))
 
 
-def default_steps(method: str, dataset_name: str) -> int:
-    return int(methods.get(method).default_steps(dataset_key(dataset_name)))
+def default_steps(method: str, dataset_name: str, ipc: int = 1, published: bool = False) -> int:
+    """Meta-steps when --steps is not given: the method's CPU budget, or its authors' with `published`."""
+    return int(methods.get(method).default_steps(dataset_key(dataset_name), int(ipc), published))

@@ -30,6 +30,27 @@ def test_tiny_imagenet_names(name):
     assert presets.preset("rat-bptt", name, 10, published=True).depth == 4
 
 
+def test_tiny_imagenet_fixed_window_variant_is_tbptt_published():
+    """The authors' fixed-window Tiny-ImageNet IPC 10 script (W 90, T 270, batch 2000) is `--method tbptt
+    --published`; rat-bptt keeps the random-window script (W 100, T 300, batch 1000)."""
+    fixed = presets.resolve("tbptt", "tiny-imagenet-200", 10, published=True)
+    assert (fixed.window, fixed.unroll_steps, fixed.real_batch, fixed.depth) == (90, 270, 2000, 4)
+    rand = presets.resolve("rat-bptt", "tiny-imagenet-200", 10, published=True)
+    assert (rand.window, rand.unroll_steps, rand.real_batch) == (100, 300, 1000)
+    assert fixed.normalize == rand.normalize == "standardize"  # no --zca in their Tiny scripts
+    assert presets.resolve("tbptt", "tfds:cifar100", 1, published=True).unroll_steps == 130
+
+
+def test_published_default_steps_are_the_authors_budget():
+    """60,000 passes over the training set at ceil(N / real batch) meta-steps a pass; CPU presets keep theirs."""
+    assert presets.default_steps("rat-bptt", "tfds:cifar10", 10, published=True) == 600_000
+    assert presets.default_steps("rat-bptt", "tiny-imagenet-200", 10, published=True) == 6_000_000
+    assert presets.default_steps("tbptt", "tiny-imagenet-200", 10, published=True) == 3_000_000
+    assert presets.default_steps("mtt", "tfds:cifar10", 10, published=True) == 5000
+    assert presets.default_steps("rat-bptt", "digits", 1) == 300
+    assert presets.default_steps("rat-bptt", "tfds:cifar10", 10) < 1000
+
+
 @pytest.mark.parametrize("name", ["/data/digits28px", "/data/my-grey-set.tar.gz", "/data/cifar10-jpeg.tar.xz"])
 def test_generic_small_preset_does_not_flip(name):
     """Data nobody tuned for may be digits or text: the generic CPU preset must not flip or rotate."""

@@ -139,4 +139,6 @@ def presets(dataset_key: str, ipc: int, published: bool) -> dict:
 register(MethodSpec(
     name="at-bptt", summary="AT-BPTT: window placed and sized from gradient statistics; optional low-rank backward",
     settings=ATSettings, build=build, presets=presets, evaluation=bptt.evaluation,
-    default_steps=lambda key: bptt.DEFAULT_STEPS["digits" if key == "digits" else "images32"]))
+    # no budget in the AT-BPTT scripts we know of: RaT-BPTT's (the pipeline it builds on)
+    default_steps=bptt.default_steps, published_help=bptt.published_help().replace("the authors' scripts",
+                                                                                   "RaT-BPTT's scripts")))

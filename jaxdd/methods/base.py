@@ -106,7 +106,8 @@ class MethodSpec:
     presets: Callable[[str, int, bool], dict] = no_presets
     evaluation: Callable[[Any], dict] = lambda settings: {}
     resolve: Callable[[Any], Any] = lambda settings: settings
-    default_steps: Callable[[str], int] = lambda dataset_key: 200
+    default_steps: Callable[[str, int, bool], int] = lambda dataset_key, ipc, published: 200
+    published_help: str = ""  # which --published presets exist, which are not the authors', their budget
 
 
 _REGISTRY: dict[str, MethodSpec] = {}

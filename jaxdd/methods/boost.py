@@ -136,4 +136,5 @@ def build(ctx):
 register(MethodSpec(
     name="boost", summary="Boost-DD: blocks of B images per class added one at a time; every prefix is a good set",
     settings=BoostSettings, build=build, presets=bptt.presets, evaluation=bptt.evaluation,
-    default_steps=lambda key: 2 * bptt.DEFAULT_STEPS["digits" if key == "digits" else "images32"]))
+    default_steps=lambda key, ipc, published: (1 if published else 2) * bptt.default_steps(key, ipc, published),
+    published_help=bptt.published_help()))

@@ -244,24 +244,37 @@ def apply_meta_gradient(state, grads, optimizer, member_metrics, method_state):
 _CIFAR = dict(width=128, depth=3, normalize="zca", inner_lr=1e-3, outer_lr=1e-3, real_batch=5000, outer_chunk=500,
               augment="flip_rotate", real_augment="flip_rotate", init="noise", noise_scale="unit", resample="pass",
               val_fraction=0.0, eval_steps=1000, eval_models=8)
+# Tiny-ImageNet: ConvNet-4 on 64x64, no --zca in the authors' script (per-channel standardization).
+_TINY = dict(_CIFAR, depth=4, normalize="standardize", per_class=1, classes_per_step=50, real_batch=1000,
+             outer_chunk=250, outer_lr=3e-4, learn_labels=True)
 PUBLISHED = {
     ("cifar10", 10): dict(_CIFAR, window=60, unroll_steps=200, per_class=10),
     ("cifar100", 1): dict(_CIFAR, window=90, unroll_steps=130, schedule="fixed", per_class=1, outer_lr=3e-4,
                           learn_labels=True),
     ("cifar100", 10): dict(_CIFAR, window=100, unroll_steps=300, per_class=1, learn_labels=True),
-    ("tiny_imagenet", 10): dict(_CIFAR, depth=4, window=100, unroll_steps=300, per_class=1, classes_per_step=50,
-                                real_batch=1000, outer_chunk=250, outer_lr=3e-4, learn_labels=True),
+    ("tiny_imagenet", 10): dict(_TINY, window=100, unroll_steps=300),
+}
+# The authors' fixed-window scripts (their `--cctype 0`: the last W of T steps), taken by `--method tbptt
+# --published`: CIFAR-100 IPC 1 (N = T - W = 40) and the Tiny-ImageNet IPC 10 variant (W 90, T 270, real
+# batch 2000). Other data sets under tbptt take the table above with the window fixed.
+PUBLISHED_FIXED = {
+    ("cifar100", 1): PUBLISHED[("cifar100", 1)],
+    ("tiny_imagenet", 10): dict(_TINY, window=90, unroll_steps=270, real_batch=2000, outer_chunk=500),
 }
 # Not in the authors' scripts: values from the paper's reasonable ranges (W 60-100, T 200-300, 10 per class).
 UNPUBLISHED = {
     ("cifar10", 1): dict(_CIFAR, window=60, unroll_steps=200),
     ("cifar10", 50): dict(_CIFAR, window=60, unroll_steps=200, per_class=10),
     ("cifar100", 50): dict(_CIFAR, window=100, unroll_steps=300, per_class=10, learn_labels=True),
-    ("tiny_imagenet", 1): dict(_CIFAR, depth=4, window=100, unroll_steps=300, per_class=1, classes_per_step=50,
-                               real_batch=1000, outer_chunk=250, outer_lr=3e-4, learn_labels=True),
-    ("tiny_imagenet", 50): dict(_CIFAR, depth=4, window=100, unroll_steps=300, per_class=10, classes_per_step=50,
-                                real_batch=1000, outer_chunk=250, outer_lr=3e-4, learn_labels=True),
+    ("tiny_imagenet", 1): dict(_TINY, window=100, unroll_steps=300),
+    ("tiny_imagenet", 50): dict(_TINY, window=100, unroll_steps=300, per_class=10),
 }
+# The authors' budget: every script passes `--epoch 60000` (argparse's prefix of --epochs), i.e. 60,000
+# passes over the training set at ceil(train images / real batch) meta-steps a pass (their base.py loops
+# over a DataLoader of --batch_size); they stop runs by hand, so this is the nominal length of a
+# published run, which checkpoints and resumes (docs/runs.md).
+AUTHORS_PASSES = 60_000
+TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "tiny_imagenet": 100_000}
 
 # CPU-sized values of this family. digits: standardized 8x8 pixels, where the outer lr must suit the
 # pixel scale (1e-2 converged where 1e-3 crawled); chosen on the validation split (seed 0, IPC 1): from
@@ -292,14 +305,23 @@ SMALL = {
 DEFAULT_STEPS = {"digits": 300, "images32": 200}
 
 
-def presets(dataset_key: str, ipc: int, published: bool) -> dict:
+def presets(dataset_key: str, ipc: int, published: bool, kind: str = "random") -> dict:
+    """CPU-sized values, or with `published` the authors' (their fixed-window scripts for kind 'fixed')."""
     if not published:
         return dict(SMALL["digits" if dataset_key == "digits" else "images32"])
-    table = {**UNPUBLISHED, **PUBLISHED}
+    table = {**UNPUBLISHED, **PUBLISHED, **(PUBLISHED_FIXED if kind == "fixed" else {})}
     require((dataset_key, ipc) in table, f"no published preset for {dataset_key} IPC {ipc}: known are "
             + ", ".join(f"{k} IPC {i}" + ("" if (k, i) in PUBLISHED else " (not in the authors' scripts)")
                         for k, i in table))
     return dict(table[(dataset_key, ipc)])
+
+
+def default_steps(dataset_key: str, ipc: int = 1, published: bool = False, kind: str = "random") -> int:
+    """Meta-steps when --steps is not given: the CPU budget, or with `published` the authors' (AUTHORS_PASSES)."""
+    if not published:
+        return DEFAULT_STEPS["digits" if dataset_key == "digits" else "images32"]
+    real_batch = presets(dataset_key, ipc, True, kind)["real_batch"]
+    return AUTHORS_PASSES * -(-TRAIN_IMAGES[dataset_key] // real_batch)
 
 
 def evaluation(settings: BPTTSettings) -> dict:
@@ -309,12 +331,24 @@ def evaluation(settings: BPTTSettings) -> dict:
                 lr=settings.inner_lr, augment=settings.augment)
 
 
+def published_help(kind: str = "random") -> str:
+    """The --help line naming the published presets, those not in the authors' scripts, and the budget."""
+    table = {**UNPUBLISHED, **PUBLISHED, **(PUBLISHED_FIXED if kind == "fixed" else {})}
+    mine = [f"{k} IPC {i}" for k, i in table if (k, i) not in PUBLISHED and (k, i) not in
+            (PUBLISHED_FIXED if kind == "fixed" else {})]
+    theirs = [f"{k} IPC {i}" for k, i in table if f"{k} IPC {i}" not in mine]
+    return (f"published presets: {', '.join(theirs)} (the authors' scripts); {', '.join(mine)} (NOT in the "
+            f"authors' scripts: values from the paper's ranges). Without --steps a published run lasts the "
+            f"authors' {AUTHORS_PASSES:,} passes over the training set (they stop by hand; runs resume)")
+
+
 def _family(name: str, kind: str, summary: str, resolve=lambda s: s) -> MethodSpec:
     return register(MethodSpec(
         name=name, summary=summary, settings=BPTTSettings,
         build=lambda ctx: build(ctx, schedule_for(ctx.settings, kind)),
-        presets=presets, evaluation=evaluation, resolve=resolve,
-        default_steps=lambda key: DEFAULT_STEPS["digits" if key == "digits" else "images32"]))
+        presets=lambda key, ipc, published: presets(key, ipc, published, kind), evaluation=evaluation,
+        resolve=resolve, default_steps=lambda key, ipc, published: default_steps(key, ipc, published, kind),
+        published_help=published_help(kind)))
 
 
 _family("bptt", "full", "full BPTT: all T inner steps differentiated (W = T)",

@@ -200,7 +200,7 @@ def presets(dataset_key: str, ipc: int, published: bool) -> dict:
             + ", ".join(f"{k} IPC {i}" for k, i in PUBLISHED))
     alpha, beta = PUBLISHED[(dataset_key, ipc)]
     lr_img = 1e4 if dataset_key == "cifar10" and ipc >= 1000 else 1e3
-    syn_steps = 20 if dataset_key == "tiny_imagenet" else 55  # N = 55 (Tiny: 20), ../shared/spec/ALGORITHMS.md §5
+    syn_steps = 20 if dataset_key == "tiny_imagenet" else 55  # N = 55 (Tiny: 20), docs/methods/selmatch.md
     return dict(alpha=alpha, beta=beta, beta_reading="fraction", syn_steps=syn_steps, expert_epochs=2,
                 max_start_epoch=80, batch_syn=125, outer_lr=lr_img, lr_lr=1e-5, syn_lr=1e-3, width=128,
                 depth=3 if dataset_key != "tiny_imagenet" else 4, norm="batch", num_experts=100,
@@ -211,4 +211,5 @@ def presets(dataset_key: str, ipc: int, published: bool) -> dict:
 register(MethodSpec(
     name="selmatch", summary="SelMatch: a difficulty window of real images, its easier part learned by matching",
     settings=SelMatchSettings, build=build, presets=presets, evaluation=evaluation,
-    default_steps=lambda key: 300 if key == "digits" else 200))
+    # published: SelMatch's 10k iterations (docs/methods/selmatch.md)
+    default_steps=lambda key, ipc, published: 10_000 if published else 300 if key == "digits" else 200))
