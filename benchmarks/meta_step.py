@@ -37,6 +37,7 @@ torch_seconds, speedup = torch/jaxdd, jaxdd_peak_bytes, torch_peak_bytes, memory
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import os
@@ -53,7 +54,11 @@ ROOT = os.path.dirname(HERE)
 IMAGE_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10
 ESTIMATORS = ("bptt", "tbptt", "rat-bptt")
-ESTIMATOR_NAMES = {"bptt": "full BPTT", "tbptt": "T-BPTT", "rat-bptt": "RaT-BPTT"}
+ESTIMATOR_NAMES = {"bptt": "full BPTT", "tbptt": "T-BPTT", "rat-bptt": "RaT-BPTT", "at-bptt": "AT-BPTT"}
+# AT-BPTT rows: the masked window of W + d steps (one compile for every W* in [W - d, W + d]) run at
+# W* = W, with the exact backward (lowrank 0) or the rank-k Hessian at each network's window start
+# (jaxdd/methods/at_bptt.py `own_factors`); torch runs the RaT-BPTT step of window W it replaces.
+AT_DELTA = 3
 
 # The grid: ConvNet width 32/64/128, IPC 1/10/50, W 10/60, T 40/200, real batch 256/5000,
 # remat on/off, three estimators (W > T combinations are skipped; full BPTT ignores W).
@@ -77,6 +82,8 @@ def cpu_grid():
     out.append(dict(base, ipc=10, estimator="rat-bptt", remat="on"))
     out.append(dict(base, width=64, estimator="rat-bptt", remat="on"))
     out.append(dict(base, real_batch=5000, chunk=500, estimator="rat-bptt", remat="on"))
+    for k in (0, 8, 32):
+        out.append(dict(base, estimator="at-bptt", remat="on", delta=AT_DELTA, lowrank=k))
     return out
 
 
@@ -100,7 +107,7 @@ def prefixes_for(s: dict, count: int, seed: int) -> list[int]:
     if s["estimator"] == "tbptt":
         return [t - w] * count
     rng = random.Random(seed)
-    return [rng.randint(0, t - w) for _ in range(count)]
+    return [rng.randint(0, t - w - s.get("delta", 0)) for _ in range(count)]
 
 
 def make_data(s: dict, seed: int):
@@ -168,7 +175,7 @@ def run_jaxdd(s: dict, a: dict) -> dict:
     import jax.numpy as jnp
 
     from jaxdd import inner, outer, xla_options
-    from jaxdd.methods import bptt
+    from jaxdd.methods import at_bptt, bptt
     from jaxdd.models import make_model, resolve_conv_impl
     from jaxdd.presets import Settings
 
@@ -180,11 +187,13 @@ def run_jaxdd(s: dict, a: dict) -> dict:
     copts = xla_options.compiler_options() if a.get("xla_options", "on") == "on" else {}
     depth = 3
     remat_name = {"on": "full", "off": "none"}.get(s["remat"], s["remat"])  # or a jaxdd policy name (dots, ...)
-    settings = Settings(inner_adam="optax", unroll_steps=s["unroll_steps"], window=s["window"], remat=remat_name,
+    settings = Settings(inner_adam=a.get("inner_adam", "torch"), unroll_steps=s["unroll_steps"], window=s["window"], remat=remat_name,
                         per_class=0, classes_per_step=0, augment="none", real_augment="none",
                         real_batch=s["real_batch"], outer_chunk=s["chunk"], width=s["width"], depth=depth)
-    settings.validate(s["ipc"])  # the torch reference's Adam is optax's (eps_root 1e-8): same semantics both sides
+    settings.validate(s["ipc"])  # the torch reference runs the same inner Adam (--inner-adam): same semantics
     window = settings.unroll_steps if s["estimator"] == "bptt" else settings.window
+    delta, rank = s.get("delta", 0), s.get("lowrank", 0)
+    length = jnp.asarray(window, jnp.int32) if s["estimator"] == "at-bptt" else None  # W* = W in a W + d window
     fused = {"auto": None, "on": True, "off": False}[a.get("fused_norm", "auto")]
     model = make_model("convnet", image_shape=IMAGE_SHAPE, num_classes=NUM_CLASSES, width=s["width"], depth=depth,
                        conv=a["conv"], fused_norm=fused)
@@ -192,9 +201,11 @@ def run_jaxdd(s: dict, a: dict) -> dict:
     remat = False if settings.remat == "none" else settings.remat
     chunk = settings.outer_chunk or None
 
-    def meta(theta, consts, params0, state0, real_x, real_y, key, prefix):
+    def meta(theta, consts, params0, state0, real_x, real_y, key, prefix, rank=rank):
+        grad_map_at = at_bptt.own_factors(model, rank) if rank else None
         grads, m = bptt.meta_gradient(model, cfg, theta, consts, params0, state0, real_x, real_y, key, prefix,
-                                      window=window, remat=remat, chunk=chunk)
+                                      window=window + delta, length=length, remat=remat, chunk=chunk,
+                                      grad_map_at=grad_map_at)
         return grads["images"], m["loss"]
 
     images, labels, real_x, real_y = make_data(s, a["seed"])
@@ -220,15 +231,22 @@ def run_jaxdd(s: dict, a: dict) -> dict:
         jax.block_until_ready((g, loss))
         dt, dc = time.perf_counter() - t0, time.process_time() - c0
         if i == 0:
-            first = dt
+            first, first_grad = dt, g
             if a.get("exchange"):
                 np.savez(a["exchange"], grad=np.asarray(g), loss=float(loss), prefix=n, **tree_to_npz(params0, "p:"))
         else:
             times.append(dt)
             cpu_times.append(dc)
+    if rank:  # the low-rank backward's cosine to the exact meta-gradient of the same window, first prefix
+        args[-1] = jnp.asarray(prefixes[0], jnp.int32)
+        exact = np.asarray(jax.jit(functools.partial(meta, rank=0))(*args)[0]).ravel()
+        approx = np.asarray(first_grad).ravel()
+        cosine = float(approx @ exact / (np.linalg.norm(approx) * np.linalg.norm(exact)))
     out = dict(spread(times), first_call_seconds=first, compile_seconds=compile_s, loss=float(loss),
                cpu_seconds=statistics.median(cpu_times), cpu_times=cpu_times, runtime=runtime,
                compiler_options=copts, fused_norm=a.get("fused_norm", "auto"))
+    if rank:
+        out.update(cosine_to_exact=cosine)
     if gpu:
         stats = dev.memory_stats() or {}
         out.update(peak_bytes=int(stats.get("peak_bytes_in_use", 0)), memory_source="jax peak_bytes_in_use")
@@ -310,7 +328,8 @@ def run_torch(s: dict, a: dict) -> dict:
     times, cpu_times, first, err = [], [], None, None
     for i, n in enumerate(a["prefixes"]):
         t0, c0 = time.perf_counter(), time.process_time()
-        g, loss = tr.meta_gradient(model, params, timages, tlabels, treal_x, treal_y, prefix=n, window=window, chunk=chunk)
+        g, loss = tr.meta_gradient(model, params, timages, tlabels, treal_x, treal_y, prefix=n, window=window, chunk=chunk,
+                                  adam=a.get("inner_adam", "torch"))
         if gpu:
             torch.cuda.synchronize()
         dt, dc = time.perf_counter() - t0, time.process_time() - c0
@@ -413,18 +432,21 @@ def setting_list(args) -> list[dict]:
             w = t
         chunk = args.chunk if (args.chunk and b > args.chunk) else 0
         s = dict(width=width, ipc=ipc, unroll_steps=t, window=w, real_batch=b, chunk=chunk, remat=remat, estimator=est)
-        key = json.dumps(s, sort_keys=True)
-        if key not in seen:
-            seen.add(key)
-            out.append(s)
+        variants = [dict(s, delta=AT_DELTA, lowrank=k) for k in (args.lowranks or [0])] if est == "at-bptt" else [s]
+        for v in variants:
+            key = json.dumps(v, sort_keys=True)
+            if key not in seen and not (est == "at-bptt" and w + AT_DELTA > t):
+                seen.add(key)
+                out.append(v)
     return out
 
 
 def label(s: dict) -> str:
     est = ESTIMATOR_NAMES[s["estimator"]]
     chunk = f"/{s['chunk']}" if s.get("chunk") else ""
+    at = f" d{s.get('delta', 0)} lowrank {s.get('lowrank') or 'off'}" if s["estimator"] == "at-bptt" else ""
     return (f"{est} w{s['width']} ipc{s['ipc']} T{s['unroll_steps']} W{s['window']} B{s['real_batch']}{chunk} "
-            f"remat {s['remat']}")
+            f"remat {s['remat']}{at}")
 
 
 def start_load(n: int, max_seconds: float) -> list[subprocess.Popen]:
@@ -487,7 +509,7 @@ def markdown(pairs: list[dict], peak_gflops: float) -> str:
     head = ("| setting | jaxdd s/step median [min–max] | torch s/step median [min–max] | speedup torch/jaxdd | "
             "CPU-time speedup | jaxdd compile s | jaxdd peak MiB | torch peak MiB | memory jaxdd/torch | "
             "memory above baseline jaxdd/torch | jaxdd GFLOP (model) | jaxdd GFLOP/s (% peak) | torch GFLOP/s (% peak) | "
-            "grad rel err |")
+            "grad rel err (AT-BPTT low-rank: cosine to exact) |")
     rows = [head, "|" + "---|" * 14]
     for p in pairs:
         j, t = p["jaxdd"], p["torch"]
@@ -507,7 +529,8 @@ def markdown(pairs: list[dict], peak_gflops: float) -> str:
             mib(j.get("peak_bytes")), mib(t.get("peak_bytes")),
             f"{p['memory_ratio']:.2f}" if p.get("memory_ratio") else "-",
             f"{p['memory_ratio_above_baseline']:.2f}" if p.get("memory_ratio_above_baseline") else "-",
-            flops, gj, gt, "-" if err is None else f"{err:.1e}"]) + " |")
+            flops, gj, gt, ("-" if err is None else f"{err:.1e}")
+            + (f" (cos {j['cosine_to_exact']:.3f})" if j.get("cosine_to_exact") is not None else "")]) + " |")
     return "\n".join(rows)
 
 
@@ -517,7 +540,7 @@ def measure_all(args, settings, repeats, tmp, log, emit, pairs, torch_cache) -> 
         prefixes = prefixes_for(s, repeats + 1, args.seed + i)
         a = dict(device=args.device, conv=args.conv, fused_norm=args.fused_norm, xla_options=args.xla_options,
                  malloc=args.malloc, threads=args.threads, seed=args.seed, prefixes=prefixes, torch_chunk=args.torch_chunk,
-                 no_flops=args.no_flops, exchange=os.path.join(tmp, f"s{i}.npz"))
+                 no_flops=args.no_flops, inner_adam=args.inner_adam, exchange=os.path.join(tmp, f"s{i}.npz"))
         log(f"[{i + 1}/{len(settings)}] {label(s)}  prefixes {prefixes}")
         res = {}
         for impl in args.impls:
@@ -568,7 +591,8 @@ def main() -> None:
     ap.add_argument("--unroll-steps", type=csv(int))
     ap.add_argument("--real-batches", type=csv(int))
     ap.add_argument("--remat", type=csv(str), help="on,off (full / none) or jaxdd policies: dots, dots_no_batch")
-    ap.add_argument("--estimators", type=csv(str), help="bptt,tbptt,rat-bptt")
+    ap.add_argument("--estimators", type=csv(str), help="bptt,tbptt,rat-bptt,at-bptt")
+    ap.add_argument("--lowranks", type=csv(int), help="AT-BPTT rows: ranks of the Hessian in the backward (0: exact)")
     ap.add_argument("--chunk", type=int, default=500, help="outer chunk for real batches larger than it (0: none)")
     ap.add_argument("--torch-chunk", choices=("same", "none"), default="same",
                     help="same: torch computes λ in the same chunks as jaxdd; none: one backward of the whole batch")
@@ -588,6 +612,8 @@ def main() -> None:
                     help="run N busy-looping processes (python: while True: pass) during the measurement, as a "
                          "competing load; they are killed afterwards and end by themselves after --load-max-seconds")
     ap.add_argument("--load-max-seconds", type=float, default=3600.0)
+    ap.add_argument("--inner-adam", choices=("torch", "optax"), default="torch",
+                    help="inner Adam semantics on both sides (default torch: jaxdd's default, eps outside the root)")
     ap.add_argument("--impls", type=csv(str), default=["jaxdd", "torch"])
     ap.add_argument("--repeats", type=int, default=None, help="timed meta-steps after the warm-up (default 3, quick 3)")
     ap.add_argument("--seed", type=int, default=0)

@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxdd import checkpoint, methods, parallel, presets, rundir, synthetic
+from jaxdd import checkpoint, compile_cache, methods, parallel, presets, rundir, synthetic
 from jaxdd.errors import Interrupted, require, signal_name
 from jaxdd.initial import initial_set
 from jaxdd.models import make_model
@@ -224,7 +224,7 @@ def loop(run: Run, *, progress=True) -> None:
         base_key = jax.random.wrap_key_data(np.asarray(jax.device_get(run.state.key)))  # a copy: state is donated
         start = int(run.state.step)
         report.start(start, run.steps, f"{run.record['method']} IPC {run.record['ipc']} on {run.record['dataset']}")
-        t0 = time.perf_counter()
+        t0, clock = time.perf_counter(), compile_cache.compile_clock()
         try:
             for n in range(start, run.steps):
                 if meth.grow is not None:
@@ -243,6 +243,9 @@ def loop(run: Run, *, progress=True) -> None:
                     rundir.append_metrics(run.out, row)
                 if run.mgr is not None and (n + 1) % settings.checkpoint_every == 0:
                     checkpoint.save(run.mgr, n + 1, run.state)
+                if n == start:  # the first step compiled the outer step: say how long that took
+                    report.note(f"first step {row['seconds']:.1f} s after the start of the loop; "
+                                + compile_cache.describe(clock, compile_cache.compile_clock()))
                 report.step(row)
                 if stop.signum is not None:
                     break

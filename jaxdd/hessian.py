@@ -111,6 +111,7 @@ def inner_loss(model, model_state, x, y) -> Callable[[Any], jax.Array]:
     """params -> mean cross-entropy of `model` on (x, y) in training mode: the inner loss ℓ."""
     from jaxdd.inner import cross_entropy
 
+    model = model.jvp_ready()  # HVPs take forward-mode derivatives of this function
     return lambda params: cross_entropy(model.apply(params, model_state, x, True)[0], y)
 
 

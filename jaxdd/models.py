@@ -370,6 +370,14 @@ class Model:
     image_shape: tuple[int, int, int]
     num_classes: int
     num_params: int
+    # The same network (same parameters, same numbers) built from plain JAX operations, for forward-mode
+    # AD (Hessian-vector products: jax.jvp of jax.grad), which custom-VJP layers (the native convolution,
+    # the fused instance norm) do not support; None when this model is already that network.
+    forward_mode: "Model | None" = None
+
+    def jvp_ready(self) -> "Model":
+        """This model, or its twin without custom-VJP layers where forward-mode AD is needed."""
+        return self.forward_mode or self
 
 
 def make_model(name: str = "convnet", *, image_shape, num_classes, width: int | None = None,
@@ -427,7 +435,11 @@ def make_model(name: str = "convnet", *, image_shape, num_classes, width: int | 
         return logits, nnx.to_pure_dict(nnx.state(module, nnx.Not(nnx.Param)))
 
     num_params = sum(math.prod(v.shape) for v in jax.tree.leaves(nnx.to_pure_dict(param_template)))
-    return Model(name, init_fn, apply_fn, image_shape, num_classes, int(num_params))
+    twin = None
+    if name != "mlp" and (impl == "native" or fused):  # custom VJPs inside: the plain-JAX twin serves forward-mode AD
+        twin = make_model(name, image_shape=image_shape, num_classes=num_classes, width=width, depth=depth,
+                          norm=norm, init=init, conv="xla", fused_norm=False)
+    return Model(name, init_fn, apply_fn, image_shape, num_classes, int(num_params), twin)
 
 
 def check_input(model: Model, images) -> None:

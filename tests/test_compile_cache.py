@@ -56,3 +56,18 @@ def test_unwritable_directory_warns_and_disables(monkeypatch, tmp_path, restore_
     with pytest.warns(UserWarning, match="compilation cache disabled"):
         assert compile_cache.enable(Path(blocker) / "sub") is None
     assert jax.config.jax_compilation_cache_dir == before
+
+
+def test_compile_clock_counts_a_new_compilation_and_not_a_cached_call():
+    import jax.numpy as jnp
+
+    f = jax.jit(lambda x: jnp.tanh(x) * 3.0 + x.sum())
+    before = compile_cache.compile_clock()
+    f(jnp.ones(7)).block_until_ready()
+    compiled = compile_cache.compile_clock()
+    assert compiled["seconds"] > before["seconds"]
+    f(jnp.ones(7)).block_until_ready()  # same shapes: no tracing, no compilation
+    assert compile_cache.compile_clock()["seconds"] == compiled["seconds"]
+    assert compile_cache.describe(dict(seconds=1.0, hits=0), dict(seconds=3.25, hits=2)) == \
+        "compiled in 2.2 s (2 programs from the compilation cache)"
+    assert compile_cache.describe(dict(seconds=0.0, hits=0), dict(seconds=4.0, hits=0)) == "compiled in 4.0 s"

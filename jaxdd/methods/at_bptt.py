@@ -59,6 +59,18 @@ class ATSettings(bptt.BPTTSettings):
         return self
 
 
+def own_factors(model, rank: int):
+    """grad_map_at for `bptt.meta_gradient`: the window's gradient map with a rank-`rank` Hessian of the
+    inner loss at the network's own window start (Lanczos on HVPs), the factors taken as constants."""
+    def at_window_start(carry, theta, consts):
+        images, labels, _ = synthetic.assemble(theta, consts)
+        loss = hessian.inner_loss(model, carry.model_state, jax.lax.stop_gradient(images), labels)
+        factors = hessian.low_rank_hessian(loss, carry.params, rank, jax.random.fold_in(jax.random.key(0), carry.t))
+        return hessian.low_rank_grad_map(model, factors)
+
+    return at_window_start
+
+
 def build(ctx):
     s, model = ctx.settings, ctx.model
     schedule = autotrunc.at_schedule(
@@ -72,13 +84,8 @@ def build(ctx):
     require(s.lowrank <= dim, f"--lowrank {s.lowrank} is larger than the network's {dim} parameters")
 
     if s.lowrank_source == "window":
-        def at_window_start(carry, theta, consts):
-            images, labels, _ = synthetic.assemble(theta, consts)
-            loss = hessian.inner_loss(model, carry.model_state, jax.lax.stop_gradient(images), labels)
-            factors = hessian.low_rank_hessian(loss, carry.params, s.lowrank, jax.random.fold_in(jax.random.key(0), carry.t))
-            return hessian.low_rank_grad_map(model, factors)
-
-        return bptt.build(ctx, schedule, grad_map_at=at_window_start, schedule_metrics=autotrunc.schedule_metrics)
+        return bptt.build(ctx, schedule, grad_map_at=own_factors(model, s.lowrank),
+                          schedule_metrics=autotrunc.schedule_metrics)
 
     def zero_factors():
         return (jnp.zeros((s.lowrank,), jnp.float32),
