@@ -31,7 +31,8 @@ JOBS = {
     "digits28px-ipc1": ("{sets}/digits28px", 1, 300, []),
     "cifar5grey-ipc1": ("{sets}/cifar5grey", 1, 300, []),
     "cifar10s16-ipc1": ("{sets}/cifar10s16", 1, 300, []),
-    "cifar10-ipc1": ("/work/shared/data/cifar10-jpeg.tar.xz", 1, None, []),
+    "cifar10-ipc1": (os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                  "shared", "data", "cifar10-jpeg.tar.xz"), 1, None, []),
 }
 
 

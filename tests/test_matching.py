@@ -1,6 +1,7 @@
 """Trajectory matching: the loss against numpy, its meta-gradient against finite differences and against the
 authors'-style PyTorch step, and mtt on digits end to end against random real images."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -154,3 +155,34 @@ def test_mtt_on_digits_beats_random_real_and_evaluate_reproduces_the_run(tmp_pat
     real = _last_json(capsys.readouterr().out)
     assert real["protocol"] == "mtt" and real["lr"] == pytest.approx(again["lr"])
     assert again["accuracy_mean"] - real["accuracy_mean"] >= CI_MARGIN, (again["accuracy_mean"], real["accuracy_mean"])
+
+
+def test_datm_soft_labels_from_the_expert(tmp_path):
+    """--soft-labels expert: the labels are softmax(logits) of the first expert's last snapshot on the initial
+    images (checked against a direct computation); constant unless --learn-labels, which moves them."""
+    from jax.flatten_util import ravel_pytree
+
+    import jaxdd
+    from jaxdd import experts
+    from jaxdd.methods.matching import expert_soft_labels
+    from jaxdd.models import make_model
+
+    common = dict(method="mtt", ipc=1, num_experts=1, expert_train_epochs=3, max_start_epoch=1, expert_epochs=1,
+                  syn_steps=4, width=8, final_eval=False, progress=False, cache_dir=str(tmp_path / "cache"),
+                  soft_labels="expert", label_temp=2.0)
+    r0 = jaxdd.distill("digits", steps=0, **common)
+    s = r0.settings["settings"]
+    model = make_model(s["model"], image_shape=(8, 8, 1), num_classes=10, width=s["width"], depth=s["depth"] or None,
+                       norm=s["norm"])
+    params_like, state = model.init(jax.random.key(0))
+    store = experts.ExpertStore(next((tmp_path / "cache" / "experts").iterdir()))
+    expert = ravel_pytree(params_like)[1](jnp.asarray(store.snapshot(0, store.num_epochs)))
+    want = expert_soft_labels(model, expert, state, jnp.asarray(r0.images), 2.0)
+    chex.assert_shape(r0.labels, (10, 10))
+    np.testing.assert_allclose(r0.labels, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(r0.labels.sum(-1), 1.0, rtol=1e-5)
+    assert r0.labels.max() < 0.999  # soft, not one-hot
+    fixed = jaxdd.distill("digits", steps=3, **common)
+    np.testing.assert_allclose(fixed.labels, r0.labels, rtol=1e-6)
+    learned = jaxdd.distill("digits", steps=3, learn_labels=True, **common)
+    assert np.abs(learned.labels - r0.labels).max() > 1e-4 and learned.labels.min() >= 0

@@ -102,13 +102,11 @@ def build(ctx):
         ipc_new = want * s.block
         new_images = np.concatenate([np.asarray(images).reshape((C, ipc_now) + images.shape[1:]),
                                      fresh.reshape((C, ipc_new - ipc_now) + fresh.shape[1:])], 1)
-        hard = np.asarray(labels).argmax(-1) if np.ndim(labels) == 2 else np.asarray(labels)
         new_labels = np.repeat(np.arange(C, dtype=np.int32), ipc_new)
         if np.ndim(labels) == 2:  # learned labels: old rows kept, new rows one-hot
             soft = np.eye(C, dtype=np.float32)[new_labels].reshape(C, ipc_new, C)
             soft[:, :ipc_now] = np.asarray(labels).reshape(C, ipc_now, C)
             new_labels = soft.reshape(-1, C)
-        del hard
         theta, consts = synthetic.make(new_images.reshape((-1,) + images.shape[1:]), new_labels, C,
                                        row_block=block_rows(C, want, s.block), learn_labels=s.learn_labels)
         opt_state = carry_over(state.opt_state, optimizer(theta).init(theta))

@@ -16,7 +16,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from jaxdd import inner, outer
+from jaxdd import inner, outer, synthetic
 from jaxdd.errors import require
 from jaxdd.methods.base import Method, MethodSpec, new_state, register
 from jaxdd.settings import CommonSettings, setting
@@ -33,6 +33,11 @@ class MatchingSettings(CommonSettings):
     max_start_epoch: int = setting(10, "T+: start epochs t ~ U[min_start_epoch, T+)")
     max_start_epoch_end: int = setting(0, "DATM: grow T+ linearly to this value over the run (0: constant)")
     max_loss: float = setting(0.0, "DATM: skip updates whose matching loss exceeds this (0: never skip)")
+    soft_labels: str = setting("", "DATM: '' hard labels | expert: soft targets softmax(logits / --label-temp) of "
+                                   "the first expert's last snapshot on the initial images")
+    label_temp: float = setting(1.0, "temperature of the expert soft labels")
+    learn_labels: bool = setting(False, "learn the labels (kept non-negative) besides the images")
+    label_lr: float = setting(2.0, "SGD rate of learned labels")
     lr_lr: float = setting(1e-5, "SGD rate of the learnable inner lr")
     syn_lr: float = setting(0.01, "initial value of the learnable inner lr")
     momentum: float = setting(0.5, "momentum of the outer SGD (images and lr)")
@@ -57,7 +62,16 @@ class MatchingSettings(CommonSettings):
         require(self.remat in ("full", "dots", "none"), f"unknown --remat '{self.remat}': use full, dots or none")
         require(self.expert_dtype in ("float32", "float16", "bfloat16"),
                 f"unknown --expert-dtype '{self.expert_dtype}': use float32, float16 or bfloat16")
+        require(self.soft_labels in ("", "expert"), f"unknown --soft-labels '{self.soft_labels}': use expert or ''")
+        require(self.label_temp > 0 and self.label_lr >= 0, "--label-temp must be positive and --label-lr non-negative")
         return self
+
+
+def expert_soft_labels(model, params, model_state, images, temperature: float = 1.0):
+    """DATM's label initialisation: softmax(logits / temperature) of an expert network on the images
+    (batch statistics where the network has BatchNorm, as inside the unroll)."""
+    logits = model.apply(params, model_state, images, True)[0]
+    return jax.nn.softmax(logits.astype(jnp.float32) / temperature, axis=-1)
 
 
 def matching_loss(end_flat, start_flat, target_flat):
@@ -103,10 +117,15 @@ def build(ctx) -> Method:
                             total_steps=s.syn_steps)
 
     def optimizer(theta):
-        return outer.outer_optimizer(theta, lr=s.outer_lr, lr_lr=s.lr_lr, clip=False, kind="sgd", momentum=s.momentum)
+        return outer.outer_optimizer(theta, lr=s.outer_lr, lr_labels=s.label_lr, lr_lr=s.lr_lr, clip=False,
+                                     kind="sgd", momentum=s.momentum)
 
     def init(key, theta, consts):
         theta = dict(theta, lr=jnp.asarray(s.syn_lr, jnp.float32))
+        if s.soft_labels == "expert":  # resumed runs restore their labels from the checkpoint over these
+            expert = unravel(jnp.asarray(store.snapshot(0, store.num_epochs)))
+            soft = expert_soft_labels(model, expert, state_like, synthetic.images(theta, consts), s.label_temp)
+            theta, consts = (dict(theta, labels=soft), consts) if s.learn_labels else (theta, dict(consts, labels=soft))
         return new_state(theta, consts, optimizer, key, jnp.zeros((), jnp.int32))
 
     def step(state, batch, key):
