@@ -33,6 +33,11 @@ JOBS = {
     "cifar10s16-ipc1": ("{sets}/cifar10s16", 1, 300, []),
     "cifar10-ipc1": (os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                                   "shared", "data", "cifar10-jpeg.tar.xz"), 1, None, []),
+    # the CIFAR-10 goal's budget (30 CPU-minutes on 2 cores): 2000 meta-steps of the default preset
+    "cifar10-ipc1-2000": ("{archive}", 1, 2000, []),
+    # the other methods at their digits defaults (issues 11, 12), seeds 0-2
+    **{f"{m}-digits-ipc1-seed{s}": ("digits", 1, None, ["--method", m, "--seed", str(s)])
+       for m in ("at-bptt", "mtt") for s in (0, 1, 2)},
 }
 
 
@@ -85,7 +90,8 @@ def main() -> None:
     for name, (dataset, ipc, steps, extra) in JOBS.items():
         if args.only and name not in args.only:
             continue
-        row = run_job(name, dataset.format(sets=args.sets), ipc, steps, extra, args.out, args.seeds)
+        row = run_job(name, dataset.format(sets=args.sets, archive=JOBS["cifar10-ipc1"][0]), ipc, steps, extra,
+                      args.out, args.seeds)
         print(json.dumps(row), flush=True)
         if args.jsonl:
             with open(args.jsonl, "a") as f:
