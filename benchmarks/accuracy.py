@@ -38,6 +38,16 @@ JOBS = {
     # the other methods at their digits defaults (issues 11, 12), seeds 0-2
     **{f"{m}-digits-ipc1-seed{s}": ("digits", 1, None, ["--method", m, "--seed", str(s)])
        for m in ("at-bptt", "mtt") for s in (0, 1, 2)},
+    # SelMatch against mtt at a large budget (issue 13): digits IPC 50, 300 steps, seeds 0-2; beta 0 is the
+    # validation scan's choice (docs/methods/selmatch.md); steps 0 = the selected real window alone
+    **{f"{m}-digits-ipc50-seed{s}": ("digits", 50, 300, ["--method", m, "--seed", str(s)]
+                                     + (["--beta", "0"] if m == "selmatch" else []))
+       for m in ("selmatch", "mtt") for s in (0, 1, 2)},
+    "selmatch-digits-ipc50-selection-only": ("digits", 50, 0, ["--method", "selmatch", "--beta", "0"]),
+    # mtt on the CIFAR-10 archive at a CPU budget (issue 12): 2 experts x 3 epochs (shared by both IPCs), T+ 2, M 1
+    **{f"mtt-cifar10-ipc{i}": ("{archive}", i, 100, ["--method", "mtt", "--num-experts", "2", "--expert-train-epochs",
+                                                    "3", "--max-start-epoch", "2", "--expert-epochs", "1"])
+       for i in (1, 10)},
 }
 
 

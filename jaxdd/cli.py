@@ -78,6 +78,9 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, normalize: bool = Tru
     group.add_argument("--no-compile-cache", action="store_true",
                        help="do not keep compiled programs between runs (default: kept under the user's cache "
                             "directory, so a repeated command starts in seconds; JAXDD_NO_COMPILE_CACHE=1 too)")
+    group.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                       help="CPU only: XLA worker threads (default: one per core; 1 runs faster on a busy or 2-core "
+                            "machine, see benchmarks/RESULTS.md 'Busy machine')")
     group.add_argument("--cache-dir", default=None, metavar="DIR",
                        help="where decoded archives / downloads are cached (default: the loader's choice)")
 
@@ -399,8 +402,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exit_.code or 0) if not isinstance(exit_.code, str) else EXIT_USAGE
     try:
         with _one_line_warnings(), _terminate_as_interrupt():
-            from jaxdd import compile_cache
+            from jaxdd import compile_cache, xla_options
 
+            # before JAX's first computation: the CPU thread pool and glibc's allocator (large blocks kept
+            # on the heap instead of an mmap and page faults per step; jaxdd/xla_options.py)
+            xla_options.configure_cpu(threads=getattr(args, "threads", None))
             compile_cache.enable(False if getattr(args, "no_compile_cache", False) else None)
             return int(args.func(args) or 0)
     except KeyboardInterrupt as err:

@@ -175,3 +175,12 @@ def test_distill_help_lists_every_setting(capsys):
         assert option in out, option
     for field in dataclasses.fields(Settings):
         assert "--" + field.name.replace("_", "-") in out, field.name
+
+
+def test_threads_option_sets_the_cpu_pool_before_jax_runs(monkeypatch, capsys, tmp_path):
+    """--threads N reaches XLA's CPU pool size (NPROC) before any work; 0 is a usage error."""
+    monkeypatch.delenv("NPROC", raising=False)
+    assert main(["evaluate", str(tmp_path / "missing.npz"), "--threads", "1"]) == 2  # fails on the file, after setup
+    assert os.environ.get("NPROC") == "1"
+    assert main(["distill", "--threads", "0"]) == 2
+    assert "--threads" in capsys.readouterr().err
