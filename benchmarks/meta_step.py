@@ -156,6 +156,9 @@ def run_jaxdd(s: dict, a: dict) -> dict:
         runtime = xla_options.configure_cpu(threads=1 if a.get("threads") == 1 else None,
                                             malloc=a.get("malloc", "on") == "on")
     copts = xla_options.compiler_options() if a.get("xla_options", "on") == "on" else {}
+    if a.get("compile_cache"):  # jaxdd's persistent compilation cache (warm on a second run with the same DIR)
+        from jaxdd import compile_cache
+        compile_cache.enable(a["compile_cache"], min_compile_seconds=0)
     depth = 3
     remat_name = {"on": "full", "off": "none"}.get(s["remat"], s["remat"])  # or a jaxdd policy name (dots, ...)
     settings = Settings(unroll_steps=s["unroll_steps"], window=s["window"], remat=remat_name,
@@ -502,7 +505,7 @@ def measure_all(args, settings, repeats, tmp, log, emit, pairs, torch_cache) -> 
     for i, s in enumerate(settings):
         prefixes = prefixes_for(s, repeats + 1, args.seed + i)
         a = dict(device=args.device, conv=args.conv, fused_norm=args.fused_norm, xla_options=args.xla_options,
-                 malloc=args.malloc, threads=args.threads, seed=args.seed, prefixes=prefixes, torch_chunk=args.torch_chunk,
+                 malloc=args.malloc, compile_cache=args.compile_cache, threads=args.threads, seed=args.seed, prefixes=prefixes, torch_chunk=args.torch_chunk,
                  no_flops=args.no_flops, exchange=os.path.join(tmp, f"s{i}.npz"))
         log(f"[{i + 1}/{len(settings)}] {label(s)}  prefixes {prefixes}")
         res = {}
@@ -564,6 +567,9 @@ def main() -> None:
                     help="jaxdd instance norm through its fused custom VJP (auto: with the native convolution)")
     ap.add_argument("--xla-options", choices=("on", "off"), default="on",
                     help="jaxdd's per-jit XLA options (jaxdd.xla_options.compiler_options) or XLA's defaults")
+    ap.add_argument("--compile-cache", default=None, metavar="DIR",
+                    help="jaxdd child: persistent compilation cache in DIR (run twice: the second run loads the "
+                         "executables, as a repeated jaxdd command does; compile_seconds and peak memory drop)")
     ap.add_argument("--malloc", choices=("on", "off"), default="on",
                     help="jaxdd child: xla_options.configure_cpu's malloc setting (large blocks from the heap)")
     ap.add_argument("--threads", type=int, default=None,
