@@ -635,6 +635,7 @@ def main() -> None:
     sink = open(args.out, "a") if args.out else None
 
     meta["threads"] = args.threads
+    meta["env_xla_flags"] = os.environ.get("XLA_FLAGS")  # extra XLA flags given by the caller (both children get them)
     meta["load"] = args.load
 
     def emit(rec):
