@@ -43,6 +43,7 @@ import json
 import os
 import platform
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -159,6 +160,18 @@ def tree_from_npz(ref, prefix: str) -> dict:
     return tree
 
 
+def sched_counters() -> tuple[float, int]:
+    """(seconds all threads of this process spent runnable but waiting for a CPU, voluntary context switches)."""
+    wait = 0
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                wait += int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    return wait / 1e9, resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
+
+
 def spread(times: list[float]) -> dict:
     qs = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
     return dict(seconds=statistics.median(times), min_seconds=min(times), max_seconds=max(times),
@@ -182,9 +195,12 @@ def run_jaxdd(s: dict, a: dict) -> dict:
     gpu = a["device"] == "gpu"
     runtime = {}
     if not gpu:  # what jaxdd's CLI does on CPU before JAX starts (the thread count comes from --threads)
-        runtime = xla_options.configure_cpu(threads=1 if a.get("threads") == 1 else None,
+        runtime = xla_options.configure_cpu(threads=1 if a.get("jaxdd_threads", a.get("threads")) == 1 else None,
                                             malloc=a.get("malloc", "on") == "on")
     copts = xla_options.compiler_options() if a.get("xla_options", "on") == "on" else {}
+    if a.get("compile_cache"):  # jaxdd's persistent compilation cache (warm on a second run with the same DIR)
+        from jaxdd import compile_cache
+        compile_cache.enable(a["compile_cache"], min_compile_seconds=0)
     depth = 3
     remat_name = {"on": "full", "off": "none"}.get(s["remat"], s["remat"])  # or a jaxdd policy name (dots, ...)
     settings = Settings(inner_adam=a.get("inner_adam", "torch"), unroll_steps=s["unroll_steps"], window=s["window"], remat=remat_name,
@@ -223,13 +239,13 @@ def run_jaxdd(s: dict, a: dict) -> dict:
     rss_after_compile = rss_bytes()
 
     prefixes = a["prefixes"]
-    times, cpu_times, first = [], [], None
+    times, cpu_times, waits, switches, first = [], [], [], [], None
     for i, n in enumerate(prefixes):
         args[-1] = jnp.asarray(n, jnp.int32)
-        t0, c0 = time.perf_counter(), time.process_time()
+        t0, c0, s0 = time.perf_counter(), time.process_time(), sched_counters()
         g, loss = compiled(*args)
         jax.block_until_ready((g, loss))
-        dt, dc = time.perf_counter() - t0, time.process_time() - c0
+        dt, dc, s1 = time.perf_counter() - t0, time.process_time() - c0, sched_counters()
         if i == 0:
             first, first_grad = dt, g
             if a.get("exchange"):
@@ -237,6 +253,8 @@ def run_jaxdd(s: dict, a: dict) -> dict:
         else:
             times.append(dt)
             cpu_times.append(dc)
+            waits.append(s1[0] - s0[0])
+            switches.append(s1[1] - s0[1])
     if rank:  # the low-rank backward's cosine to the exact meta-gradient of the same window, first prefix
         args[-1] = jnp.asarray(prefixes[0], jnp.int32)
         exact = np.asarray(jax.jit(functools.partial(meta, rank=0))(*args)[0]).ravel()
@@ -244,6 +262,7 @@ def run_jaxdd(s: dict, a: dict) -> dict:
         cosine = float(approx @ exact / (np.linalg.norm(approx) * np.linalg.norm(exact)))
     out = dict(spread(times), first_call_seconds=first, compile_seconds=compile_s, loss=float(loss),
                cpu_seconds=statistics.median(cpu_times), cpu_times=cpu_times, runtime=runtime,
+               runqueue_wait_seconds=statistics.median(waits), voluntary_switches=statistics.median(switches),
                compiler_options=copts, fused_norm=a.get("fused_norm", "auto"))
     if rank:
         out.update(cosine_to_exact=cosine)
@@ -325,14 +344,14 @@ def run_torch(s: dict, a: dict) -> dict:
         torch.cuda.reset_peak_memory_stats()
     baseline = current_rss_bytes()
 
-    times, cpu_times, first, err = [], [], None, None
+    times, cpu_times, waits, switches, first, err = [], [], [], [], None, None
     for i, n in enumerate(a["prefixes"]):
-        t0, c0 = time.perf_counter(), time.process_time()
+        t0, c0, s0 = time.perf_counter(), time.process_time(), sched_counters()
         g, loss = tr.meta_gradient(model, params, timages, tlabels, treal_x, treal_y, prefix=n, window=window, chunk=chunk,
                                   adam=a.get("inner_adam", "torch"))
         if gpu:
             torch.cuda.synchronize()
-        dt, dc = time.perf_counter() - t0, time.process_time() - c0
+        dt, dc, s1 = time.perf_counter() - t0, time.process_time() - c0, sched_counters()
         if i == 0:
             first = dt
             if ref is not None and int(ref["prefix"]) == n:
@@ -343,10 +362,13 @@ def run_torch(s: dict, a: dict) -> dict:
         else:
             times.append(dt)
             cpu_times.append(dc)
+            waits.append(s1[0] - s0[0])
+            switches.append(s1[1] - s0[1])
         del g
     out = dict(spread(times), first_call_seconds=first, compile_seconds=0.0, loss=loss, grad_rel_err=err,
                torch_threads=torch.get_num_threads(), torch_chunk=chunk, cpu_seconds=statistics.median(cpu_times),
-               cpu_times=cpu_times)
+               cpu_times=cpu_times, runqueue_wait_seconds=statistics.median(waits),
+               voluntary_switches=statistics.median(switches))
     if err is not None:
         out["loss_abs_err"] = loss_err
     if gpu:
@@ -474,7 +496,8 @@ def run_child(impl: str, s: dict, a: dict, timeout: float, log, script: str = __
     else:
         env["JAX_PLATFORMS"] = "cpu"
         env["CUDA_VISIBLE_DEVICES"] = ""
-        if a.get("threads") == 1:
+        threads = a.get("jaxdd_threads", a.get("threads")) if impl == "jaxdd" else a.get("threads")
+        if threads == 1:
             # one XLA worker thread (NPROC sizes XLA:CPU's thread pool, also set by xla_options.configure_cpu
             # in the child) and single-threaded Eigen matmuls / convolutions
             env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
@@ -539,8 +562,10 @@ def measure_all(args, settings, repeats, tmp, log, emit, pairs, torch_cache) -> 
     for i, s in enumerate(settings):
         prefixes = prefixes_for(s, repeats + 1, args.seed + i)
         a = dict(device=args.device, conv=args.conv, fused_norm=args.fused_norm, xla_options=args.xla_options,
-                 malloc=args.malloc, threads=args.threads, seed=args.seed, prefixes=prefixes, torch_chunk=args.torch_chunk,
-                 no_flops=args.no_flops, inner_adam=args.inner_adam, exchange=os.path.join(tmp, f"s{i}.npz"))
+                 malloc=args.malloc, compile_cache=args.compile_cache, threads=args.threads,
+                 jaxdd_threads=args.threads if args.jaxdd_threads is None else args.jaxdd_threads, seed=args.seed,
+                 prefixes=prefixes, torch_chunk=args.torch_chunk, no_flops=args.no_flops, inner_adam=args.inner_adam,
+                 exchange=os.path.join(tmp, f"s{i}.npz"))
         log(f"[{i + 1}/{len(settings)}] {label(s)}  prefixes {prefixes}")
         res = {}
         for impl in args.impls:
@@ -602,12 +627,18 @@ def main() -> None:
                     help="jaxdd instance norm through its fused custom VJP (auto: with the native convolution)")
     ap.add_argument("--xla-options", choices=("on", "off"), default="on",
                     help="jaxdd's per-jit XLA options (jaxdd.xla_options.compiler_options) or XLA's defaults")
+    ap.add_argument("--compile-cache", default=None, metavar="DIR",
+                    help="jaxdd child: persistent compilation cache in DIR (run twice: the second run loads the "
+                         "executables, as a repeated jaxdd command does; compile_seconds and peak memory drop)")
     ap.add_argument("--malloc", choices=("on", "off"), default="on",
                     help="jaxdd child: xla_options.configure_cpu's malloc setting (large blocks from the heap)")
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU threads for both (0: library defaults; 1, the CPU default: torch.set_num_threads(1), and XLA with "
                          "one worker thread (NPROC=1) and single-threaded Eigen; before this option set NPROC, XLA ran "
                          "independent operations on 2 worker threads even with --threads 1)")
+    ap.add_argument("--jaxdd-threads", type=int, default=None,
+                    help="jaxdd's threads when they should differ from --threads (0: XLA's default pool of one "
+                         "worker per core and multi-threaded Eigen)")
     ap.add_argument("--load", type=int, default=0,
                     help="run N busy-looping processes (python: while True: pass) during the measurement, as a "
                          "competing load; they are killed afterwards and end by themselves after --load-max-seconds")
@@ -645,6 +676,7 @@ def main() -> None:
     sink = open(args.out, "a") if args.out else None
 
     meta["threads"] = args.threads
+    meta["env_xla_flags"] = os.environ.get("XLA_FLAGS")  # extra XLA flags given by the caller (both children get them)
     meta["load"] = args.load
 
     def emit(rec):
@@ -659,7 +691,8 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="jaxdd-bench-")
     pairs, torch_cache = [], {}
     load = start_load(args.load, args.load_max_seconds) if args.load else []
-    if load:
+    if load:  # a SIGTERM (e.g. from `timeout`) must still run the finally below that stops the load
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         log(f"# competing load: {args.load} busy-looping processes (pids {[q.pid for q in load]})")
     try:
         measure_all(args, settings, repeats, tmp, log, emit, pairs, torch_cache)
@@ -681,6 +714,10 @@ def main() -> None:
             summary = dict(setting=p["label"], jaxdd_seconds=j.get("seconds"), torch_seconds=t.get("seconds"),
                            speedup=p.get("speedup"), cpu_speedup=p.get("cpu_speedup"),
                            jaxdd_cpu_seconds=j.get("cpu_seconds"), torch_cpu_seconds=t.get("cpu_seconds"),
+                           jaxdd_runqueue_wait_seconds=j.get("runqueue_wait_seconds"),
+                           torch_runqueue_wait_seconds=t.get("runqueue_wait_seconds"),
+                           jaxdd_voluntary_switches=j.get("voluntary_switches"),
+                           torch_voluntary_switches=t.get("voluntary_switches"),
                            jaxdd_peak_bytes=j.get("peak_bytes"),
                            torch_peak_bytes=t.get("peak_bytes"), memory_ratio=p.get("memory_ratio"),
                            memory_ratio_above_baseline=p.get("memory_ratio_above_baseline"),
