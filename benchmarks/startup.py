@@ -4,13 +4,15 @@
 
 Each run is a fresh process executing the CLI command
 
-    jaxdd distill --dataset digits --ipc 1 --steps 3 --no-eval --out DIR
+    python -m jaxdd distill --dataset digits --ipc 1 --steps 3 --no-eval --no-progress --out DIR
 
-after `jaxdd.compile_cache.enable(CACHE)` (what the CLI does by default). This script polls
-DIR/metrics.jsonl and records the moment its first row appears (= the first outer step is done,
-compilation included) and the moment the process exits. "cold": a new, empty cache directory; "warm":
-the directory the previous run filled; "off": `enable(False)`. Cold, warm and off runs alternate,
-so that a changing load on a shared machine affects all of them alike.
+with the CLI's default compilation cache moved to a directory of this script (JAXDD_CACHE_DIR). This
+script polls DIR/metrics.jsonl and records the moment its first row appears (= the first outer step
+is done, compilation included) and the moment the process exits. "cold": a new, empty cache
+directory; "warm": the directory the previous run filled; "off": `--no-compile-cache`. Cold, warm
+and off runs alternate, so that a changing load on a shared machine affects all of them alike.
+(Earlier versions set the cache with `compile_cache.enable` in the child before calling the CLI,
+whose own `enable(None)` then re-enabled the default directory in the "off" runs.)
 """
 
 from __future__ import annotations
@@ -28,23 +30,17 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["distill", "--dataset", "digits", "--ipc", "1", "--steps", "3", "--no-eval", "--no-progress"]
 
-CHILD = """
-import sys
-from jaxdd import compile_cache
-cache = sys.argv[1]
-compile_cache.enable(False if cache == "off" else cache)
-from jaxdd import cli
-sys.exit(cli.main(sys.argv[2:]))
-"""
-
-
 def run_once(cache: str, out: str, timeout: float) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     env = dict(os.environ, PYTHONPATH=ROOT + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else ""))
     env.pop("JAXDD_NO_COMPILE_CACHE", None)
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    if cache != "off":  # the CLI's default cache, moved to a directory of this benchmark's
+        env["JAXDD_CACHE_DIR"] = cache
     metrics = os.path.join(out, "metrics.jsonl")
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, cache] + ARGS + ["--out", out], env=env,
+    off = ["--no-compile-cache"] if cache == "off" else []
+    proc = subprocess.Popen([sys.executable, "-m", "jaxdd"] + ARGS + ["--out", out] + off, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     first = None
     while proc.poll() is None and time.perf_counter() - t0 < timeout:
