@@ -74,7 +74,7 @@ def run_job(name: str, dataset: str, ipc: int, steps, extra: list[str], out: str
     with open(os.path.join(folder, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f if line.strip()]
     npz = os.path.join(folder, "distilled.npz")
-    again, _, _ = _jaxdd(["evaluate", npz])
+    again, _, _ = _jaxdd(["evaluate", npz, "--dataset", dataset])
     real = [_jaxdd(["evaluate", "--random-real", "--ipc", str(ipc), "--dataset", dataset, "--like", npz,
                     "--seed", str(s)])[0]["accuracy_mean"] for s in range(seeds)]
     mean_real = sum(real) / len(real)

@@ -64,13 +64,15 @@ _positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive num
 _positive_or_zero_float = _number(float, lambda v: 0 <= v < float("inf"), "a number >= 0")
 
 
-def add_data_arguments(parser: argparse.ArgumentParser, *, normalize: bool = True) -> None:
-    """--dataset, --cache-dir and (unless the subcommand has its own) --normalize."""
+def add_data_arguments(parser: argparse.ArgumentParser, *, normalize: bool = True, recorded: bool = False) -> None:
+    """--dataset, --cache-dir and (unless the subcommand has its own) --normalize. recorded: --dataset defaults
+    to the data set a distilled set records (resolved by the subcommand), else digits."""
     group = parser.add_argument_group("data")
-    group.add_argument("--dataset", default="digits", metavar="SOURCE",
+    group.add_argument("--dataset", default=None if recorded else "digits", metavar="SOURCE",
                        help="data set: 'digits' (bundled with scikit-learn, the default), 'tfds:NAME', or a path "
                             "to a folder or archive (.tar, .tar.gz, .tar.xz, .zip) holding train/<class>/<image> "
-                            "and test/<class>/<image>")
+                            "and test/<class>/<image>" + ("; default: the one the distilled set (or --like) was "
+                                                           "made on, else digits" if recorded else ""))
     if normalize:
         group.add_argument("--normalize", default=None, metavar="KIND",
                            help="pixel preprocessing: standardize, none, zca (KIP/RaT-BPTT) or zca-mtt (default: the "
@@ -261,7 +263,7 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     what.add_argument("--ipc", type=_positive_int, metavar="N", help="images per class for --random-real")
     what.add_argument("--prefix-ipc", type=_positive_int, default=None, metavar="K",
                       help="evaluate only the first K images per class of the distilled set (nested sets, Boost-DD)")
-    add_data_arguments(p)
+    add_data_arguments(p, recorded=True)
     proto = p.add_argument_group("protocol (default: the one the distilled set records; for baselines, the one "
                                  "'jaxdd distill' uses on this data set, or --like's)")
     proto.add_argument("--like", default=None, metavar="DISTILLED.npz",
@@ -315,6 +317,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     distilled = rundir.load_distilled(args.path) if args.path is not None else None
     like = rundir.load_distilled(args.like) if args.like is not None else distilled
     record = (like or {}).get("settings") or {}
+    if args.dataset is None:
+        args.dataset = record.get("dataset") or "digits"
     kwargs, normalize, val_fraction, seed = _recorded_protocol(args, record)
     dataset = data.load(args.dataset, normalize=normalize, val_fraction=0.1 if args.split == "val" else val_fraction,
                         seed=0, cache_dir=args.cache_dir)

@@ -184,3 +184,25 @@ def test_threads_option_sets_the_cpu_pool_before_jax_runs(monkeypatch, capsys, t
     assert os.environ.get("NPROC") == "1"
     assert main(["distill", "--threads", "0"]) == 2
     assert "--threads" in capsys.readouterr().err
+
+
+def test_evaluate_defaults_to_the_data_set_the_set_records(tmp_path, monkeypatch, capsys, digits):
+    """Without --dataset, `jaxdd evaluate SET` loads the data set recorded in SET (not digits)."""
+    from jaxdd import data
+    from jaxdd.errors import JaxddError
+
+    images, labels = ev.random_real(digits, 1, seed=5)
+    path = tmp_path / "distilled.npz"
+    np.savez(path, images=images, labels=labels, settings=json.dumps({"method": "test", "ipc": 1,
+                                                                      "dataset": str(tmp_path / "my-folder")}))
+    seen = []
+
+    def load(name, **kwargs):
+        seen.append(name)
+        raise JaxddError("stopped here")
+
+    monkeypatch.setattr(data, "load", load)
+    assert main(["evaluate", str(path)]) == 2
+    assert main(["evaluate", str(path), "--dataset", "digits"]) == 2  # an explicit --dataset is checked, not replaced
+    assert seen == [str(tmp_path / "my-folder")]
+    assert "made on" in capsys.readouterr().err
