@@ -88,6 +88,18 @@ def run_job(name: str, dataset: str, ipc: int, steps, extra: list[str], out: str
                 distill_s=rows[-1]["seconds"] if rows else None, command_s=round(wall, 1), cpu_s=round(cpu, 1))
 
 
+def markdown(rows: list[dict]) -> str:
+    """One table row per job: the command, test accuracy (run / `jaxdd evaluate`), random real, gain, times."""
+    out = ["| job | command | distilled (run) | `jaxdd evaluate` | random real (seeds) | gain | loop s | CPU s |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        cmd = r["command"].replace("/tmp/jaxdd-acc/", "OUT/")
+        out.append(f"| {r['job']} | `{cmd}` | {r['distilled']:.2f} ± {r['distilled_std']:.2f} | {r['evaluate_distilled']:.2f} "
+                   f"| {r['random_real_mean']:.2f} ({', '.join(f'{v:.2f}' for v in r['random_real_seeds'])}) "
+                   f"| {r['gain']:+.1f} | {r['distill_s']:.0f} | {r['cpu_s']:.0f} |")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="/tmp/jaxdd-acc", help="run folders go here (not committed)")
@@ -95,7 +107,12 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", help=f"jobs to run (default all): {', '.join(JOBS)}")
     ap.add_argument("--seeds", type=int, default=3, help="random-real seeds (mean reported)")
     ap.add_argument("--jsonl", help="append each job's JSON line to this file")
+    ap.add_argument("--table", metavar="JSONL", help="only print the Markdown table of the rows in JSONL")
     args = ap.parse_args()
+    if args.table:
+        with open(args.table) as f:
+            print(markdown([json.loads(line) for line in f if line.strip()]))
+        return
     table = []
     for name, (dataset, ipc, steps, extra) in JOBS.items():
         if args.only and name not in args.only:
