@@ -224,7 +224,7 @@ def loop(run: Run, *, progress=True) -> None:
         base_key = jax.random.wrap_key_data(np.asarray(jax.device_get(run.state.key)))  # a copy: state is donated
         start = int(run.state.step)
         report.start(start, run.steps, f"{run.record['method']} IPC {run.record['ipc']} on {run.record['dataset']}")
-        t0, clock = time.perf_counter(), compile_cache.compile_clock()
+        t0, clock, first = time.perf_counter(), compile_cache.compile_clock(), ""
         try:
             for n in range(start, run.steps):
                 if meth.grow is not None:
@@ -243,9 +243,9 @@ def loop(run: Run, *, progress=True) -> None:
                     rundir.append_metrics(run.out, row)
                 if run.mgr is not None and (n + 1) % settings.checkpoint_every == 0:
                     checkpoint.save(run.mgr, n + 1, run.state)
-                if n == start:  # the first step compiled the outer step: say how long that took
-                    report.note(f"first step {row['seconds']:.1f} s after the start of the loop; "
-                                + compile_cache.describe(clock, compile_cache.compile_clock()))
+                if n == start:  # the first step compiled the outer step: the end line says how long that took
+                    first = (f"; the first step took {row['seconds']:.1f} s, "
+                             + compile_cache.describe(clock, compile_cache.compile_clock()))
                 report.step(row)
                 if stop.signum is not None:
                     break
@@ -261,7 +261,7 @@ def loop(run: Run, *, progress=True) -> None:
                  f"--resume to continue" if run.mgr is not None else "nothing saved (no output folder)")
         raise Interrupted(f"stopped by {signal_name(stop.signum)} after step {done} of {run.steps}; {saved}",
                           stop.signum)
-    report.note(f"{done} steps done in {report.elapsed():.1f} s")
+    report.note(f"{done} steps done in {report.elapsed():.1f} s{first}")
 
 
 def _finalize(run: Run, state) -> dict:

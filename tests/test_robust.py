@@ -417,7 +417,8 @@ def test_bad_evaluate_input_is_one_line(tmp_path, capsys):
     np.savez(tmp_path / "cifar.npz", **made, settings=json.dumps({"dataset": "tfds:cifar10"}))
     np.savez(tmp_path / "zca.npz", **made, settings=json.dumps({"dataset": "digits", "normalize": "zca"}))
     for argv, message in [
-        (["evaluate", tmp_path / "cifar.npz"], "the set was made on 'tfds:cifar10', not 'digits'"),
+        (["evaluate", tmp_path / "cifar.npz", "--dataset", "digits"], "the set was made on 'tfds:cifar10', not 'digits'"),
+        (["evaluate", tmp_path / "cifar.npz"], "tfds:cifar10 is not prepared"),  # the recorded data set is used
         (["evaluate", tmp_path / "zca.npz", "--normalize", "standardize"], "made with --normalize zca"),
         (["evaluate", "--full-data", "--width", "0"], "argument --width: expected a positive integer"),
         (["evaluate", "--random-real", "--ipc", "1", "--models", "0"], "argument --models"),
