@@ -147,5 +147,4 @@ register(MethodSpec(
     name="at-bptt", summary="AT-BPTT: window placed and sized from gradient statistics; optional low-rank backward",
     settings=ATSettings, build=build, presets=presets, evaluation=bptt.evaluation,
     # no budget in the AT-BPTT scripts we know of: RaT-BPTT's (the pipeline it builds on)
-    default_steps=bptt.default_steps, published_help=bptt.published_help().replace("the authors' scripts",
-                                                                                   "RaT-BPTT's scripts")))
+    default_steps=bptt.default_steps, published_help=bptt.published_help(source="RaT-BPTT's scripts")))

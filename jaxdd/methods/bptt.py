@@ -305,11 +305,16 @@ SMALL = {
 DEFAULT_STEPS = {"digits": 300, "images32": 200}
 
 
+def _published_table(kind: str) -> dict:
+    """Every --published preset of a schedule kind: the authors' fixed-window scripts override for 'fixed'."""
+    return {**UNPUBLISHED, **PUBLISHED, **(PUBLISHED_FIXED if kind == "fixed" else {})}
+
+
 def presets(dataset_key: str, ipc: int, published: bool, kind: str = "random") -> dict:
     """CPU-sized values, or with `published` the authors' (their fixed-window scripts for kind 'fixed')."""
     if not published:
         return dict(SMALL["digits" if dataset_key == "digits" else "images32"])
-    table = {**UNPUBLISHED, **PUBLISHED, **(PUBLISHED_FIXED if kind == "fixed" else {})}
+    table = _published_table(kind)
     require((dataset_key, ipc) in table, f"no published preset for {dataset_key} IPC {ipc}: known are "
             + ", ".join(f"{k} IPC {i}" + ("" if (k, i) in PUBLISHED else " (not in the authors' scripts)")
                         for k, i in table))
@@ -331,15 +336,14 @@ def evaluation(settings: BPTTSettings) -> dict:
                 lr=settings.inner_lr, augment=settings.augment)
 
 
-def published_help(kind: str = "random") -> str:
-    """The --help line naming the published presets, those not in the authors' scripts, and the budget."""
-    table = {**UNPUBLISHED, **PUBLISHED, **(PUBLISHED_FIXED if kind == "fixed" else {})}
-    mine = [f"{k} IPC {i}" for k, i in table if (k, i) not in PUBLISHED and (k, i) not in
-            (PUBLISHED_FIXED if kind == "fixed" else {})]
-    theirs = [f"{k} IPC {i}" for k, i in table if f"{k} IPC {i}" not in mine]
-    return (f"published presets: {', '.join(theirs)} (the authors' scripts); {', '.join(mine)} (NOT in the "
-            f"authors' scripts: values from the paper's ranges). Without --steps a published run lasts the "
-            f"authors' {AUTHORS_PASSES:,} passes over the training set (they stop by hand; runs resume)")
+def published_help(kind: str = "random", source: str = "the authors' scripts") -> str:
+    """The --help line naming the published presets, those not in `source` (UNPUBLISHED), and the budget."""
+    keys = list(_published_table(kind))  # PUBLISHED_FIXED's keys are PUBLISHED's
+    theirs = [f"{k} IPC {i}" for k, i in keys if (k, i) in PUBLISHED]
+    mine = [f"{k} IPC {i}" for k, i in keys if (k, i) not in PUBLISHED]
+    return (f"published presets: {', '.join(theirs)} ({source}); {', '.join(mine)} (NOT in {source}: values "
+            f"from the paper's ranges). Without --steps a published run lasts the authors' {AUTHORS_PASSES:,} "
+            f"passes over the training set (they stop by hand; runs resume)")
 
 
 def _family(name: str, kind: str, summary: str, resolve=lambda s: s) -> MethodSpec:
