@@ -43,6 +43,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--extra", default="", help="more distill options for every run, one string")
     ap.add_argument("--out", default="/tmp/jaxdd-boost", help="run folders (not committed)")
+    ap.add_argument("--resume-boost", action="store_true",
+                    help="continue the boosted run in OUT/boost (--resume; e.g. a finished run re-scored with other "
+                         "--eval-steps / --eval-models, which a resume may change) instead of starting it again")
     ap.add_argument("--jsonl", default=None)
     ap.add_argument("--md", default=None)
     a = ap.parse_args()
@@ -52,6 +55,8 @@ def main() -> None:
     boost_cmd = ["distill", "--method", "boost", "--ipc", str(a.ipc), "--block", str(a.block),
                  "--block-steps", str(a.steps), "--steps", str(a.steps * len(sizes)),
                  "--out", os.path.join(a.out, "boost"), *common]
+    if a.resume_boost:
+        boost_cmd[boost_cmd.index("--overwrite")] = "--resume"
     if a.beta is not None:
         boost_cmd += ["--beta", str(a.beta)]
     _, boost_s = jaxdd(boost_cmd)

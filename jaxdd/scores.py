@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdd import evaluation
+from jaxdd import evaluation, xla_options
 from jaxdd.errors import require
 
 __all__ = ["KINDS", "FORGETTING_FILE", "save_scores", "read_score_file", "load_scores", "el2n_from_logits",
@@ -133,7 +133,7 @@ def _el2n_scorer(model):
 
         return jax.lax.scan(chunk, None, (xs, ys))[1]
 
-    return jax.jit(score)
+    return xla_options.jit(score)
 
 
 def el2n_scores(dataset, *, num_models: int = 4, epochs: int = 20, model: str = "convnet", width: int | None = None,
