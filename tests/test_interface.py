@@ -113,20 +113,31 @@ def test_synthetic_set_layout_and_frozen_rows_stay_bit_identical(digits):
 
 
 def test_behaviour_fixture_from_before_the_refactor(monkeypatch):
-    """digits, rat-bptt, IPC 1, seed 0, 20 meta-steps gives the images recorded on main before the method
+    """digits, rat-bptt, IPC 1, seed 0, 20 meta-steps moves the images as recorded on main before the method
     interface existed, with that time's settings: optax Adam (eps_root 1e-8), T 40, W 10, inner lr 1e-3,
-    and the CPU convolution and compiler options of then ("shifted", no per-jit XLA options; the CPU
-    defaults are now "native" and YNNPACK reductions, whose other summation orders Adam amplifies over
-    20 steps)."""
+    and the CPU convolution and compiler options of then ("shifted", no per-jit XLA options).
+
+    Compared as the images' displacement from their start, not element by element: Adam turns round-off into
+    steps of size lr wherever a gradient entry is near zero, so over 20 steps other CPUs (other XLA kernels,
+    other summation orders) land up to 0.016 away per pixel; measured on two CPUs: 3.5 % relative error of the
+    displacement. Small real changes move it far more (measured: inner Adam 'torch' 12 %, outer lr +10 %
+    14 %, inner lr +20 % 22 %, window 11 instead of 10 37 %)."""
     from jaxdd import models
 
     monkeypatch.setenv("JAXDD_XLA_OPTIONS", "0")
     resolve = models.resolve_conv_impl
     monkeypatch.setattr(models, "resolve_conv_impl", lambda conv: "shifted" if conv == "auto" else resolve(conv))
+    run = distillation.prepare("digits", "rat-bptt", 1, 20, seed=0, **_FIXTURE_SETTINGS)
+    start = np.asarray(distillation._finalize(run, run.state)["images"])
     r = distillation.distill("digits", "rat-bptt", ipc=1, steps=20, seed=0, progress=False, final_eval=False,
                              **_FIXTURE_SETTINGS)
     with np.load(FIXTURE) as f:
-        np.testing.assert_allclose(r.images, f["images"], rtol=1e-5, atol=1e-5)
+        recorded = f["images"] - start
+        moved = np.asarray(r.images) - start
+        chex.assert_shape(moved, recorded.shape)
+        rel = np.linalg.norm(moved - recorded) / np.linalg.norm(recorded)
+        assert np.linalg.norm(recorded) > 1.0  # the recorded run moved the images (norm 2.34)
+        assert rel < 0.08, f"displacement differs from the recording by {rel:.1%}"
         np.testing.assert_array_equal(r.labels, f["labels"])
 
 
