@@ -2,6 +2,7 @@
 
 import json
 
+import chex
 import numpy as np
 import pytest
 
@@ -31,10 +32,11 @@ def test_beta_zero_freezes_old_blocks_and_beta_moves_them_less(digits):
     np.testing.assert_array_equal(frozen.arrays["row_block"], block_rows(10, 2, 2))
     old_moved = np.abs(_block(moving.images, 0) - first).mean()
     assert old_moved > 1e-5
-    # the new block (rate 1) moves more than the old one (rate 0.3) over the same 3 steps: compare the
-    # new block with its own start (the same fresh draw in both runs) via the β = 0 run's new block
-    assert np.abs(_block(moving.images, 1) - _block(frozen.images, 1)).mean() < np.abs(
-        _block(frozen.images, 1)).mean()
+    # over the same 3 steps of block 2 the new block (rate 1) moves more than the old one (rate 0.3): the new
+    # block's start is the same fresh draw in every run, read from a run whose outer lr is negligible
+    start = _block(_boost(digits, 6, 0.0, outer_lr=1e-12).images, 1)
+    new_moved = np.abs(_block(moving.images, 1) - start).mean()
+    assert 1.5 * old_moved < new_moved, (old_moved, new_moved)
 
 
 def test_prefixes_are_class_major_blocks(digits):
@@ -71,3 +73,27 @@ def test_bad_block_settings(digits):
 
     with pytest.raises(JaxddError, match="multiple of --block"):
         distillation.distill(digits, "boost", ipc=3, steps=1, progress=False, final_eval=False, block=2, **TINY)
+
+
+@pytest.mark.slow
+def test_boosted_prefix_beats_a_cut_direct_set(digits):
+    """The IPC-2 prefix of a boosted IPC-10 set (blocks of 2) beats the first 2 images per class of a set
+    distilled directly at IPC 10 with as many meta-steps, scored on validation by one protocol and seed.
+    Measured with these settings (val, 4 networks): 84.5 vs 81.5 % (seed 0), 84.7 vs 82.0 % (seed 1); at the
+    digits preset (benchmarks/results/boost_digits.md) 93.8 vs 76.8 % on test."""
+    from jaxdd.evaluation import prefix_ipc
+
+    small = dict(width=16, depth=2, unroll_steps=30, window=10, real_batch=256, outer_lr=0.1, eval_steps=200,
+                 eval_models=8, init="real")
+    boosted = distillation.distill(digits, "boost", ipc=10, steps=150, block=2, beta=0.1, block_steps=30, seed=0,
+                                   progress=False, final_eval=False, **small)
+    direct = distillation.distill(digits, "rat-bptt", ipc=10, steps=150, seed=0, progress=False, final_eval=False,
+                                  **small)
+    run = distillation.prepare(digits, "rat-bptt", 10, 1, seed=0, **small)
+
+    def first_two(r):
+        images, labels = prefix_ipc(r.images, r.labels, 2, 10)
+        chex.assert_shape(images, (20,) + digits.x_train.shape[1:])
+        return distillation.evaluate_set(run, {"images": images, "labels": labels}, split="val")["accuracy_mean"]
+
+    assert first_two(boosted) > first_two(direct)
