@@ -31,6 +31,7 @@ JOBS = {
     "digits28px-ipc1": ("{sets}/digits28px", 1, 300, []),
     "cifar5grey-ipc1": ("{sets}/cifar5grey", 1, 300, []),
     "cifar10s16-ipc1": ("{sets}/cifar10s16", 1, 300, []),
+    "cifar5last24-ipc1": ("{sets}/cifar5last24", 1, 300, []),  # built after the generic preset was chosen
     "cifar10-ipc1": (os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                                   "shared", "data", "cifar10-jpeg.tar.xz"), 1, None, []),
     # the CIFAR-10 goal's budget (30 CPU-minutes on 2 cores): 2000 meta-steps of the default preset
