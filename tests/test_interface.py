@@ -119,8 +119,8 @@ def test_behaviour_fixture_from_before_the_refactor(monkeypatch):
 
     Compared as the images' displacement from their start, not element by element: Adam turns round-off into
     steps of size lr wherever a gradient entry is near zero, so over 20 steps other CPUs (other XLA kernels,
-    other summation orders) land up to 0.016 away per pixel; measured on two CPUs: 3.5 % relative error of the
-    displacement. Small real changes move it far more (measured: inner Adam 'torch' 12 %, outer lr +10 %
+    other summation orders) land up to 0.016 away per pixel (CI's machine); on an AMD EPYC 0.011 per pixel and
+    3.5 % relative error of the displacement. Small real changes move it far more (measured: inner Adam 'torch' 12 %, outer lr +10 %
     14 %, inner lr +20 % 22 %, window 11 instead of 10 37 %)."""
     from jaxdd import models
 
