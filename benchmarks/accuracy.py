@@ -23,6 +23,8 @@ import subprocess
 import sys
 import time
 
+MTT_CIFAR = ["--method", "mtt", "--num-experts", "2", "--expert-train-epochs", "3", "--max-start-epoch", "2",
+             "--expert-epochs", "1"]
 # name -> (dataset, ipc, steps, extra distill options); "{sets}" is replaced by --sets
 JOBS = {
     "digits-ipc1": ("digits", 1, None, []),
@@ -46,13 +48,9 @@ JOBS = {
        for m in ("selmatch", "mtt") for s in (0, 1, 2)},
     "selmatch-digits-ipc50-selection-only": ("digits", 50, 0, ["--method", "selmatch", "--beta", "0"]),
     # mtt on the CIFAR-10 archive at a CPU budget (issue 12): 2 experts x 3 epochs (shared by both IPCs), T+ 2, M 1
-    **{f"mtt-cifar10-ipc{i}": ("{archive}", i, 100, ["--method", "mtt", "--num-experts", "2", "--expert-train-epochs",
-                                                    "3", "--max-start-epoch", "2", "--expert-epochs", "1"])
-       for i in (1, 10)},
-    # the CIFAR-10 goal of issue 10 (30 CPU-minutes) with mtt: the same experts, 1000 matching steps
-    **{f"mtt-cifar10-ipc1-{n}": ("{archive}", 1, n, ["--method", "mtt", "--num-experts", "2", "--expert-train-epochs",
-                                                   "3", "--max-start-epoch", "2", "--expert-epochs", "1"])
-       for n in (1000, 3000)},
+    **{f"mtt-cifar10-ipc{i}": ("{archive}", i, 100, MTT_CIFAR) for i in (1, 10)},
+    # the CIFAR-10 goal of issue 10 (30 CPU-minutes) with mtt: the same experts, 1000 or 3000 matching steps
+    **{f"mtt-cifar10-ipc1-{n}": ("{archive}", 1, n, MTT_CIFAR) for n in (1000, 3000)},
 }
 
 

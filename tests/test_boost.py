@@ -88,9 +88,9 @@ def test_boosted_prefix_beats_a_cut_direct_set(digits):
                  eval_models=8, init="real")
     boosted = distillation.distill(digits, "boost", ipc=10, steps=150, block=2, beta=0.1, block_steps=30, seed=0,
                                    progress=False, final_eval=False, **small)
-    direct = distillation.distill(digits, "rat-bptt", ipc=10, steps=150, seed=0, progress=False, final_eval=False,
-                                  **small)
-    run = distillation.prepare(digits, "rat-bptt", 10, 1, seed=0, **small)
+    run = distillation.prepare(digits, "rat-bptt", 10, 150, seed=0, **small)  # the direct run, scoring both
+    distillation.loop(run, progress=False)
+    direct = distillation.finish(run, final_eval=False)
 
     def first_two(r):
         images, labels = prefix_ipc(r.images, r.labels, 2, 10)

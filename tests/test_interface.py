@@ -120,17 +120,17 @@ def test_behaviour_fixture_from_before_the_refactor(monkeypatch):
     Compared as the images' displacement from their start, not element by element: Adam turns round-off into
     steps of size lr wherever a gradient entry is near zero, so over 20 steps other CPUs (other XLA kernels,
     other summation orders) land up to 0.016 away per pixel (CI's machine); on an AMD EPYC 0.011 per pixel and
-    3.5 % relative error of the displacement. Small real changes move it far more (measured: inner Adam 'torch' 12 %, outer lr +10 %
-    14 %, inner lr +20 % 22 %, window 11 instead of 10 37 %)."""
+    3.5 % relative error of the displacement. Small real changes move it far more (measured: inner Adam
+    'torch' 12 %, outer lr +10 % 14 %, inner lr +20 % 22 %, window 11 instead of 10 37 %)."""
     from jaxdd import models
 
     monkeypatch.setenv("JAXDD_XLA_OPTIONS", "0")
     resolve = models.resolve_conv_impl
     monkeypatch.setattr(models, "resolve_conv_impl", lambda conv: "shifted" if conv == "auto" else resolve(conv))
-    run = distillation.prepare("digits", "rat-bptt", 1, 20, seed=0, **_FIXTURE_SETTINGS)
+    run = distillation.prepare("digits", "rat-bptt", 1, 20, seed=0, **_FIXTURE_SETTINGS)  # what distill() runs
     start = np.asarray(distillation._finalize(run, run.state)["images"])
-    r = distillation.distill("digits", "rat-bptt", ipc=1, steps=20, seed=0, progress=False, final_eval=False,
-                             **_FIXTURE_SETTINGS)
+    distillation.loop(run, progress=False)
+    r = distillation.finish(run, final_eval=False)
     with np.load(FIXTURE) as f:
         recorded = f["images"] - start
         moved = np.asarray(r.images) - start
