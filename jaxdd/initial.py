@@ -1,4 +1,4 @@
-"""Initial synthetic sets: strategies by name (noise, real) or a file, class-major (row = class·IPC + j).
+"""Initial synthetic sets: strategies by name (noise, real, means) or a file, class-major (row = class·IPC + j).
 
 A method that starts elsewhere (SelMatch's selection by difficulty scores) registers a strategy in
 `STRATEGIES`: fn(dataset, ipc, key, noise_scale) -> (images float32 [C·IPC, H, W, C], labels int32).
@@ -51,7 +51,25 @@ def from_file(path: str, dataset, ipc: int):
     return images[idx], np.repeat(np.arange(dataset.num_classes, dtype=np.int32), ipc)
 
 
-STRATEGIES = {"noise": noise, "real": real}
+def means(dataset, ipc: int, key, noise_scale: str = "real", iterations: int = 10):
+    """Per class, `ipc` k-means centroids of its training images (Lloyd's iterations from random real
+    images seeded by `key`); at IPC 1 the class's mean image. Not real images, but the points that one
+    or a few images per class can best stand for."""
+    start, labels = real(dataset, ipc, key)
+    x, y = np.asarray(dataset.x_train, np.float32), np.asarray(dataset.y_train)
+    out = start.reshape(len(start), -1).copy()
+    for c in range(dataset.num_classes):
+        pts = x[y == c].reshape(-1, out.shape[1])
+        cent = out[c * ipc:(c + 1) * ipc]
+        for _ in range(iterations if ipc > 1 else 1):
+            d = (pts ** 2).sum(1)[:, None] - 2 * pts @ cent.T + (cent ** 2).sum(1)[None]
+            near = d.argmin(1)
+            cent = np.stack([pts[near == j].mean(0) if (near == j).any() else cent[j] for j in range(ipc)])
+        out[c * ipc:(c + 1) * ipc] = cent
+    return out.reshape(start.shape).astype(np.float32), labels
+
+
+STRATEGIES = {"noise": noise, "real": real, "means": means}
 
 
 def initial_set(dataset, ipc: int, how: str, key, *, noise_scale: str = "real"):

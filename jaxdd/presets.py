@@ -19,7 +19,8 @@ from jaxdd.methods.bptt import BPTTSettings as Settings  # noqa: F401  (the BPTT
 SMALL = {
     "digits": dict(width=32, depth=2, init="real", normalize="standardize", eval_steps=300, checkpoint_every=100),
     # init real: random real images converge fastest at a CPU budget (digits: 84% on val after 100 steps from
-    # real images, 64% after 250 from noise; jaxdd/methods/bptt.py), on any data set.
+    # real images, 64% after 250 from noise; jaxdd/methods/bptt.py), on any data set. The BPTT family's own
+    # presets start from class means instead (init "means", jaxdd/methods/bptt.py SMALL), faster still.
     "images32": dict(width=32, depth=3, init="real", normalize="standardize", eval_steps=500, checkpoint_every=50),
 }
 ALIASES = {"tiny_imagenet_200": "tiny_imagenet", "tinyimagenet": "tiny_imagenet", "cifar_10": "cifar10",

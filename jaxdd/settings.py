@@ -12,7 +12,7 @@ import os
 
 from jaxdd.errors import require
 
-INITS = ("noise", "real")
+INITS = ("noise", "real", "means")
 NORMALIZE = ("standardize", "zca", "zca-mtt", "none")
 
 
@@ -27,7 +27,8 @@ class CommonSettings:
     """What every distillation method has: the initial set, the outer rate, the network, data and driver."""
 
     # the synthetic set
-    init: str = setting("noise", "initial images: noise | real (random real images) | a path to a distilled.npz")
+    init: str = setting("noise", "initial images: noise | real (random real images) | means (per-class k-means "
+                                 "centroids; at IPC 1 the class mean) | a path to a distilled.npz")
     noise_scale: str = setting("real", "noise init: each image scaled to the real images' mean L2 norm (real) "
                                        "or to unit L2 norm (unit, as RaT-BPTT's authors on ZCA data)")
     outer_lr: float = setting(1e-3, "outer learning rate on the synthetic images")
@@ -50,7 +51,7 @@ class CommonSettings:
         """One-line errors for values no method accepts; methods add their own checks."""
         check_types(self)
         require(self.init in INITS or self.init.endswith(".npz"),
-                f"unknown --init '{self.init}': use noise, real or a path to a distilled.npz")
+                f"unknown --init '{self.init}': use {', '.join(INITS)} or a path to a distilled.npz")
         require(not self.init.endswith(".npz") or os.path.isfile(self.init),
                 f"--init {self.init}: no such file: give a distilled.npz written by 'jaxdd distill'")
         require(self.noise_scale in ("real", "unit"), f"unknown --noise-scale '{self.noise_scale}': use real or unit")

@@ -3,6 +3,7 @@ for any small image set, and `jaxdd evaluate` reproducing the number a run print
 
 import json
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -17,6 +18,23 @@ def test_published_noise_init_has_unit_norm_per_image(digits, key):
     norms = np.linalg.norm(images.reshape(len(images), -1), axis=1)
     np.testing.assert_allclose(norms, 1.0, rtol=1e-5)
     assert images.shape == (10, 8, 8, 1) and labels.tolist() == list(range(10))
+
+
+def test_means_init_is_the_class_mean_at_ipc1_and_lowers_the_kmeans_cost_at_ipc3(digits, key):
+    x, y = np.asarray(digits.x_train, np.float64), np.asarray(digits.y_train)
+    images, labels = initial.initial_set(digits, 1, "means", key)
+    assert labels.tolist() == list(range(10))
+    np.testing.assert_allclose(images, np.stack([x[y == c].mean(0) for c in range(10)]), atol=1e-5)
+
+    def cost(centres):  # k-means objective: squared distance of every training image to its nearest centre
+        c = np.asarray(centres, np.float64).reshape(10, 3, -1)
+        return sum(((x[y == k].reshape(-1, 1, c.shape[-1]) - c[k][None]) ** 2).sum(-1).min(1).sum() for k in range(10))
+
+    start, _ = initial.initial_set(digits, 3, "real", key)  # the same seeded real images Lloyd starts from
+    centres, labels3 = initial.initial_set(digits, 3, "means", key)
+    chex.assert_shape(centres, (30, 8, 8, 1))
+    assert labels3.tolist() == np.repeat(np.arange(10), 3).tolist()
+    assert cost(centres) < 0.8 * cost(start)
 
 
 def test_cifar100_ipc1_published_is_a_fixed_window_of_prefix_40():

@@ -60,6 +60,11 @@ def carry_over(old, new):
     return jax.tree_util.tree_map_with_path(pick, new)
 
 
+# How a fresh block starts, by --init: class means would repeat the first block's start, so a fresh block of
+# a `means` run starts from random real images; a distilled.npz has no further rows, so noise.
+FRESH_BLOCK_INIT = {"noise": "noise", "real": "real", "means": "real"}
+
+
 def build(ctx):
     s, C = ctx.settings, ctx.num_classes
     num_blocks = ctx.ipc // s.block
@@ -97,7 +102,7 @@ def build(ctx):
         images, labels, _ = jax.device_get(synthetic.assemble(state.theta, state.consts))
         ipc_now = len(images) // C
         key = jax.random.wrap_key_data(np.asarray(jax.device_get(state.key)))
-        fresh, _ = initial_set(ctx.dataset, (want - have) * s.block, s.init if s.init in ("noise", "real") else "noise",
+        fresh, _ = initial_set(ctx.dataset, (want - have) * s.block, FRESH_BLOCK_INIT.get(s.init, "noise"),
                                jax.random.fold_in(key, 1000 + have), noise_scale=s.noise_scale)
         ipc_new = want * s.block
         new_images = np.concatenate([np.asarray(images).reshape((C, ipc_now) + images.shape[1:]),
