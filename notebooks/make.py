@@ -38,7 +38,7 @@ import jaxdd, numpy as np
 from IPython.display import Image, display
 ds = jaxdd.data.load("digits", val_fraction=0.1)
 print(ds.x_train.shape, ds.num_classes, "classes")'''),
-    new_markdown_cell("Distil at IPC 1 (the digits preset: ConvNet width 32, T 100, W 20, inner lr 3e-3, outer lr 1e-2, from real images)."),
+    new_markdown_cell("Distil at IPC 1 (the digits preset: ConvNet width 32, T 100, W 20, inner lr 3e-3, outer lr 1e-2, from the class means)."),
     new_code_cell('''r1 = jaxdd.distill(ds, method="rat-bptt", ipc=1, steps=budget(300, 20), out="runs/nb-quick-ipc1",
                    overwrite=True, progress=False, eval_models=budget(4, 2), eval_steps=budget(300, 50))
 print(f"distilled {100*r1.evaluation['accuracy_mean']:.1f} %  vs random real {100*r1.baseline['accuracy_mean']:.1f} %")
