@@ -38,9 +38,9 @@ JOBS = {
                                   "shared", "data", "cifar10-jpeg.tar.xz"), 1, None, []),
     # the CIFAR-10 goal's budget (30 CPU-minutes on 2 cores): 2000 meta-steps of the default preset
     "cifar10-ipc1-2000": ("{archive}", 1, 2000, []),
-    # the other methods at their digits defaults (issues 11, 12), seeds 0-2
+    # the methods at their digits defaults (issues 10-12), seeds 0-2
     **{f"{m}-digits-ipc1-seed{s}": ("digits", 1, None, ["--method", m, "--seed", str(s)])
-       for m in ("at-bptt", "mtt") for s in (0, 1, 2)},
+       for m in ("at-bptt", "mtt", "rat-bptt") for s in (0, 1, 2)},
     # SelMatch against mtt at a large budget (issue 13): digits IPC 50, 300 steps, seeds 0-2; beta 0 is the
     # validation scan's choice (docs/methods/selmatch.md); steps 0 = the selected real window alone
     **{f"{m}-digits-ipc50-seed{s}": ("digits", 50, 300, ["--method", m, "--seed", str(s)]

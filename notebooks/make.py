@@ -38,7 +38,7 @@ import jaxdd, numpy as np
 from IPython.display import Image, display
 ds = jaxdd.data.load("digits", val_fraction=0.1)
 print(ds.x_train.shape, ds.num_classes, "classes")'''),
-    new_markdown_cell("Distil at IPC 1 (the digits preset: ConvNet width 32, T 100, W 20, inner lr 3e-3, outer lr 1e-2, from the class means)."),
+    new_markdown_cell("Distil at IPC 1 (the digits preset at IPC 1: ConvNet width 32 depth 1, T 100, W 20, inner lr 3e-3, outer lr 1e-2, from the class means)."),
     new_code_cell('''r1 = jaxdd.distill(ds, method="rat-bptt", ipc=1, steps=budget(300, 20), out="runs/nb-quick-ipc1",
                    overwrite=True, progress=False, eval_models=budget(4, 2), eval_steps=budget(300, 50))
 print(f"distilled {100*r1.evaluation['accuracy_mean']:.1f} %  vs random real {100*r1.baseline['accuracy_mean']:.1f} %")
@@ -49,17 +49,18 @@ fig, ax = plt.subplots(1, 2, figsize=(8, 2.6))
 ax[0].plot(steps, [m["loss"] for m in r1.metrics]); ax[0].set_title("outer loss"); ax[0].set_xlabel("meta-step")
 ax[1].plot(steps, [m["prefix"] for m in r1.metrics], "."); ax[1].set_title("window start N"); ax[1].set_xlabel("meta-step")
 plt.tight_layout(); plt.show()'''),
-    new_markdown_cell("IPC 10, then both sets, random real images and the full data under the same protocol."),
+    new_markdown_cell("IPC 10, then each set beside random real images of its size under its preset's protocol (the "
+                      "network it was distilled with: ConvNet depth 1 at IPC 1, depth 2 at IPC 10), and the full data "
+                      "under both."),
     new_code_cell('''r10 = jaxdd.distill(ds, method="rat-bptt", ipc=10, steps=budget(300, 10), out="runs/nb-quick-ipc10",
                     overwrite=True, progress=False, eval_models=budget(4, 2), eval_steps=budget(300, 50))
-protocol = jaxdd.methods.get("rat-bptt").evaluation(jaxdd.presets.resolve("rat-bptt", "digits", 1,
-                                                    overrides=dict(eval_models=budget(4, 2), eval_steps=budget(300, 50))))
-full = jaxdd.evaluate(*jaxdd.evaluation.full_data(ds), ds, **protocol)
-rows = [("IPC 1", r1), ("IPC 10", r10)]
-for name, r in rows:
+for name, ipc, r in [("IPC 1", 1, r1), ("IPC 10", 10, r10)]:
+    protocol = jaxdd.methods.get("rat-bptt").evaluation(jaxdd.presets.resolve("rat-bptt", "digits", ipc,
+                                                        overrides=dict(eval_models=budget(4, 2), eval_steps=budget(300, 50))))
+    full = jaxdd.evaluate(*jaxdd.evaluation.full_data(ds), ds, **protocol)
     print(f"{name:7s} distilled {100*r.evaluation['accuracy_mean']:5.1f} ± {100*r.evaluation['accuracy_std']:.1f} %"
-          f"   random real {100*r.baseline['accuracy_mean']:5.1f} ± {100*r.baseline['accuracy_std']:.1f} %")
-print(f"full data ({len(ds.x_train)} images): {100*full['accuracy_mean']:.1f} %")'''),
+          f"   random real {100*r.baseline['accuracy_mean']:5.1f} ± {100*r.baseline['accuracy_std']:.1f} %"
+          f"   full data ({len(ds.x_train)} images, depth {protocol['depth']}) {100*full['accuracy_mean']:.1f} %")'''),
     new_markdown_cell("The same numbers from the command line: `jaxdd evaluate runs/nb-quick-ipc1/distilled.npz --dataset digits` "
                       "uses the protocol recorded in the file, and `jaxdd evaluate --random-real --ipc 1 --dataset digits` "
                       "the one `jaxdd distill` uses on digits."),
