@@ -141,7 +141,8 @@ def test_behaviour_fixture_from_before_the_refactor(monkeypatch):
         np.testing.assert_array_equal(r.labels, f["labels"])
 
 
-_FIXTURE_SETTINGS = dict(inner_adam="optax", unroll_steps=40, window=10, inner_lr=1e-3, init="real")  # the preset when recorded
+_FIXTURE_SETTINGS = dict(inner_adam="optax", unroll_steps=40, window=10, inner_lr=1e-3, init="real",
+                         depth=2)  # the preset when recorded
 
 
 # ---------------------------------------------------------------------------------------------------
