@@ -356,7 +356,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     accs = " ".join(f"{100 * a:.2f}" for a in result["accuracies"])
     print(f"{what} ({result['num_images']} images) on {args.dataset}, {result['protocol']} protocol, "
           f"{result['model']}" + (f" w{result['width']}" if result["width"] else "")
-          + (f" depth {result['depth']}" if result.get("depth") else "") + f", {result['steps']} steps, lr {result['lr']:g}, augment {result['augment']}")
+          + (f" depth {result['depth']}" if result.get("depth") else "")
+          + f", {result['steps']} steps, lr {result['lr']:g}, augment {result['augment']}")
     print(f"{args.split} accuracy: {100 * result['accuracy_mean']:.2f} ± {100 * result['accuracy_std']:.2f} % "
           f"over {result['num_models']} networks [{accs}] in {result['seconds']:.1f} s")
     at = result.get("accuracy_at") or {}
