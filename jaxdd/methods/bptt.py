@@ -304,12 +304,12 @@ SMALL = {
     # scored without augmentation (`benchmarks/sweep.py --dataset DIR/digits28px --ipc 1 --steps 300 --eval-every 150
     # --config '{}' --config '{"init": "real", "augment": "none", "real_augment": "none"}'`,
     # benchmarks/results/sweep_generic.jsonl).
-    # outer lr 5e-2 (was 1e-2), chosen on the validation splits of cifar5grey, cifar10s16 and digits28px, seed 0,
-    # 300 steps, val accuracy against random real images (benchmarks/results/sweep_generic.jsonl): outer lr 1e-2 /
-    # 5e-2 / 1e-1 / 2e-1 gave 30.1 / 45.8 / 47.7 / 48.2 % vs 26.3 % (cifar5grey), 17.1 / 24.5 / 22.4 / 23.5 % vs
+    # Earlier, from real images (init "real"): outer lr 5e-2, chosen on the validation splits of cifar5grey,
+    # cifar10s16 and digits28px, seed 0, 300 steps, val accuracy against random real images
+    # (benchmarks/results/sweep_generic.jsonl): outer lr 1e-2 / 5e-2 / 1e-1 / 2e-1 gave 30.1 / 45.8 / 47.7 / 48.2 % vs 26.3 % (cifar5grey), 17.1 / 24.5 / 22.4 / 23.5 % vs
     # 15.7 % (cifar10s16), 89.2 / 90.7 % vs 60.5 % (digits28px, 1e-2 / 5e-2); ZCA, learned labels, inner lr
     # 3e-3 and T 100 / W 20 did not beat 5e-2 alone. Real images of natural scenes need the larger steps to move.
-    # init means (class means at IPC 1, k-means centroids above; jaxdd/initial.py) at outer lr 1e-2, chosen the
+    # Now: init means (class means at IPC 1, k-means centroids above; jaxdd/initial.py) at outer lr 1e-2, chosen the
     # same way later (benchmarks/results/sweep_generic.jsonl): val accuracy for means at outer lr 3e-3 / 1e-2,
     # against real images at 5e-2: cifar10s16 26.7 / 25.4 vs 24.5 %, cifar5grey 47.1 / 49.0 vs 45.8 %,
     # digits28px 90.9 / 91.3 vs 90.7 %; means at 5e-2 fell back (cifar10s16 21.8 %, cifar5grey 46.7 %): a
