@@ -306,7 +306,8 @@ SMALL = {
     # benchmarks/results/sweep_generic.jsonl).
     # Earlier, from real images (init "real"): outer lr 5e-2, chosen on the validation splits of cifar5grey,
     # cifar10s16 and digits28px, seed 0, 300 steps, val accuracy against random real images
-    # (benchmarks/results/sweep_generic.jsonl): outer lr 1e-2 / 5e-2 / 1e-1 / 2e-1 gave 30.1 / 45.8 / 47.7 / 48.2 % vs 26.3 % (cifar5grey), 17.1 / 24.5 / 22.4 / 23.5 % vs
+    # (benchmarks/results/sweep_generic.jsonl): outer lr 1e-2 / 5e-2 / 1e-1 / 2e-1 gave 30.1 / 45.8 / 47.7 /
+    # 48.2 % vs 26.3 % (cifar5grey), 17.1 / 24.5 / 22.4 / 23.5 % vs
     # 15.7 % (cifar10s16), 89.2 / 90.7 % vs 60.5 % (digits28px, 1e-2 / 5e-2); ZCA, learned labels, inner lr
     # 3e-3 and T 100 / W 20 did not beat 5e-2 alone. Real images of natural scenes need the larger steps to move.
     # Now: init means (class means at IPC 1, k-means centroids above; jaxdd/initial.py) at outer lr 1e-2, chosen the
