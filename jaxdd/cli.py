@@ -275,7 +275,8 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     proto.add_argument("--width", type=_positive_int, default=None, metavar="N",
                        help="network width (ConvNet default: 128 for images >= 16 px, 32 for smaller ones)")
     proto.add_argument("--depth", type=_positive_int, default=None, metavar="N",
-                       help="network depth (ConvNet default: 3, fewer for tiny images)")
+                       help="network depth (ConvNet default: pool while features keep >= 4x4 px: 3 for 32 px, "
+                            "2 for 16-31 px, 1 for 8-15 px, 4 for 64 px)")
     proto.add_argument("--norm", default=None, metavar="KIND", help="ConvNet norm: instance (default), batch, none")
     proto.add_argument("--steps", type=_nonnegative_int, default=None, metavar="N",
                        help="training steps per network (overrides the protocol's budget)")

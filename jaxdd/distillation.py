@@ -21,7 +21,7 @@ import numpy as np
 from jaxdd import checkpoint, compile_cache, methods, parallel, presets, rundir, synthetic
 from jaxdd.errors import Interrupted, require, signal_name
 from jaxdd.initial import initial_set
-from jaxdd.models import make_model
+from jaxdd.models import default_depth, make_model
 from jaxdd.progress import Progress
 
 
@@ -106,6 +106,8 @@ def prepare(dataset="digits", method: str = "rat-bptt", ipc: int = 1, steps: int
     real_batch = getattr(settings, "real_batch", None)
     require(real_batch is None or real_batch <= len(dataset.x_train),
             f"--real-batch {real_batch} is larger than the training set ({len(dataset.x_train)} images)")
+    if settings.depth == 0 and settings.model.startswith("convnet"):  # the depth for this image size, recorded
+        settings = dataclasses.replace(settings, depth=default_depth(dataset.image_shape))
     model = make_model(settings.model, image_shape=dataset.image_shape, num_classes=dataset.num_classes,
                        width=settings.width, depth=settings.depth or None, norm=settings.norm)
     record = dict(method=method, ipc=int(ipc), seed=int(seed), dataset=name, steps=int(steps),

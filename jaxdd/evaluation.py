@@ -158,8 +158,8 @@ def get_protocol(name: str | Protocol) -> Protocol:
 def model_defaults(dataset) -> dict[str, Any]:
     """Default evaluation network for a data set: the field's ConvNet (instance norm), width 128 for
     images of 16 px or more (32×32 CIFAR: the standard 320k-parameter ConvNet), width 32 for smaller
-    images (8×8 digits, where width 128 only costs CPU time); depth = make_model's default (3, or
-    fewer for images too small to pool three times)."""
+    images (8×8 digits, where width 128 only costs CPU time); depth = make_model's default
+    (:func:`jaxdd.models.default_depth`: 3 for 32×32, 2 for 16-31 px, 1 for 8-15 px)."""
     h, w, _ = dataset.image_shape
     return {"model": "convnet", "width": 128 if min(h, w) >= 16 else 32, "depth": None, "norm": None}
 
@@ -548,7 +548,8 @@ def evaluate(images, labels, dataset, *, protocol: str | Protocol = "ratbptt", m
         "balanced": bool(proto.balanced),
         "model": model_name,
         "width": width,
-        "depth": proto.depth,
+        "depth": proto.depth or (models_lib.default_depth(dataset.image_shape) if model_name.startswith("convnet")
+                                 else None),
         "norm": proto.norm,
         "optimizer": proto.optimizer,
         "lr": float(proto.lr),

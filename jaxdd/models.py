@@ -297,6 +297,18 @@ def _max_depth(image_shape):
     return int(math.floor(math.log2(min(image_shape[:2]))))
 
 
+def default_depth(image_shape) -> int:
+    """ConvNet depth when none is given: pool while the feature map keeps at least 4×4 pixels, at least 1.
+
+    32×32 -> 3 (the field's ConvNet-3 on CIFAR), 64×64 -> 4 (ConvNet-4 on Tiny-ImageNet), 16-31 px -> 2,
+    8-15 px -> 1. Chosen on validation splits of small image sets (docs/architecture.md, "Network depth").
+    """
+    side, depth = min(int(s) for s in image_shape[:2]), 0
+    while side // 2 ** (depth + 1) >= 4:
+        depth += 1
+    return max(1, depth)
+
+
 class BasicBlock(nnx.Module):
     def __init__(self, cin, cout, stride, *, norm, init, impl, fused_norm=False, rngs):
         self.conv1 = Conv(cin, cout, stride=stride, bias=False, init=init, impl=impl, rngs=rngs)
@@ -385,8 +397,7 @@ def make_model(name: str = "convnet", *, image_shape, num_classes, width: int | 
                conv: str = "auto", fused_norm: bool | None = None) -> Model:
     """Build a `Model` by name: convnet (norm instance|batch|none), convnet_bn, convnet_nonorm, resnet18, mlp.
 
-    Defaults: ConvNet width 128 and the deepest depth ≤ 3 the image allows (3 for 32×32: 320,010
-    parameters on CIFAR-10); ResNet-18 width 64; MLP width 128, depth 2. conv: a CONV_IMPLS name or
+    Defaults: ConvNet width 128 and :func:`default_depth` (3 for 32×32: 320,010 parameters on CIFAR-10); ResNet-18 width 64; MLP width 128, depth 2. conv: a CONV_IMPLS name or
     "auto" (`resolve_conv_impl`). fused_norm: instance norm through `instance_norm`'s custom VJP
     (None: with the "native" convolution, i.e. the CPU default); same numbers either way.
     """
@@ -403,7 +414,7 @@ def make_model(name: str = "convnet", *, image_shape, num_classes, width: int | 
     if name == "convnet":
         norm = norm or "instance"
         require(norm in NORMS, f"unknown norm '{norm}': use one of {', '.join(NORMS)}")
-        depth = depth or min(3, _max_depth(image_shape))
+        depth = depth or default_depth(image_shape)
         kwargs = dict(width=width or 128, depth=depth, norm=norm, init=init, impl=impl, fused_norm=fused)
         cls = ConvNet
     elif name == "resnet18":

@@ -35,7 +35,8 @@ class CommonSettings:
     # the network
     model: str = setting("convnet", "network: convnet | convnet_bn | convnet_nonorm | mlp | resnet18")
     width: int = setting(128, "network width (channels)")
-    depth: int = setting(0, "network depth (0: the deepest <= 3 the image size allows)")
+    depth: int = setting(0, "network depth (0: pool while features keep >= 4x4 px: 32 px -> 3, 16-31 px -> 2, "
+                                    "8-15 px -> 1, 64 px -> 4)")
     norm: str = setting("instance", "ConvNet normalisation: instance | batch | none")
     # data and driver
     normalize: str = setting("standardize", "pixel preprocessing: standardize | zca | zca-mtt | none")
@@ -61,7 +62,7 @@ class CommonSettings:
         require(self.eval_every == 0 or self.val_fraction > 0,
                 "--eval-every needs a validation split: set --val-fraction above 0 (e.g. 0.1)")
         require(self.width >= 1, f"--width must be at least 1, got {self.width}")
-        require(self.depth >= 0, f"--depth must be 0 (the deepest <= 3 the image allows) or more, got {self.depth}")
+        require(self.depth >= 0, f"--depth must be 0 (the default for the image size) or more, got {self.depth}")
         require(self.eval_every >= 0, f"--eval-every must be 0 (only at the end) or more, got {self.eval_every}")
         require(self.eval_steps >= 1, f"--eval-steps must be at least 1, got {self.eval_steps}")
         require(self.eval_models >= 1, "--eval-models must be at least 1")

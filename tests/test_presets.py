@@ -8,8 +8,10 @@ import jax
 import numpy as np
 import pytest
 
-from jaxdd import initial, presets
+from jaxdd import distillation, initial, presets
 from jaxdd.cli import main
+from jaxdd.data.dataset import Dataset
+from jaxdd.models import default_depth
 
 
 def test_published_noise_init_has_unit_norm_per_image(digits, key):
@@ -87,3 +89,22 @@ def test_evaluate_reproduces_the_number_distill_printed(tmp_path, capsys):
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert again["steps"] == 40 and again["num_models"] == 2
     assert abs(100 * again["accuracy_mean"] - 100 * printed["accuracy_mean"]) <= 0.5
+
+
+def test_default_depth_pools_while_features_keep_4x4_pixels():
+    sides = (6, 8, 15, 16, 24, 28, 31, 32, 63, 64, 128)
+    assert [default_depth((s, s, 1)) for s in sides] == [1, 1, 1, 2, 2, 2, 2, 3, 3, 4, 5]
+    assert default_depth((32, 16, 3)) == 2  # the smaller side decides
+
+
+@pytest.mark.parametrize("side, depth", [(16, 2), (12, 1)])
+def test_generic_preset_resolves_the_depth_for_the_image_size_and_records_it(side, depth):
+    """A 16x16 set gets a ConvNet of depth 2 (3 would leave 2x2 features), in the run and in the protocol it
+    records, so `jaxdd evaluate` and random real images use the same network."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, side, side, 1)).astype(np.float32)
+    y = np.arange(40, dtype=np.int32) % 4
+    ds = Dataset("my-set", x, y, x[:8], y[:8], 4, tuple("abcd"), x_val=x[:8], y_val=y[:8])
+    run = distillation.prepare(ds, "rat-bptt", 1, 0, width=4, unroll_steps=4, window=2, real_batch=8)
+    assert run.settings.depth == depth and run.record["evaluation"]["depth"] == depth
+    assert presets.resolve("rat-bptt", "my-set", 1).depth == 0  # resolved only once the images are known
