@@ -386,8 +386,8 @@ def _load_progress(path: Path, params, state):
 def resolve_settings(dataset, *, num_experts: int, epochs: int, model: str = "convnet", width: int | None = None,
                      depth: int | None = None, norm: str | None = None, lr: float = 0.01, batch_size: int = 256,
                      augment: str = "dsa", seed: int = 0, dtype: str = "float32") -> dict:
-    """Validated expert settings (the defaults of :func:`train`; ``width=None`` resolved for the data
-    set): what the manifest records and the cache folder is keyed by."""
+    """Validated expert settings (the defaults of :func:`train`; ``width=None`` and ``depth=None`` resolved for
+    the data set): what the manifest records and the cache folder is keyed by."""
     require(model in models_lib.MODELS, f"unknown model {model!r}: use one of {', '.join(models_lib.MODELS)}")
     evaluation._check_positive("num_experts", num_experts, "--experts")
     evaluation._check_positive("epochs", epochs, "--epochs")
@@ -397,6 +397,8 @@ def resolve_settings(dataset, *, num_experts: int, epochs: int, model: str = "co
     augment_lib.strategy_ops(augment)  # validates the name
     if width is None and model.startswith("convnet"):
         width = evaluation.model_defaults(dataset)["width"]
+    if depth is None and model.startswith("convnet"):  # as `jaxdd distill` records it, so both find one cache
+        depth = models_lib.default_depth(dataset.image_shape)
     return dict(num_experts=int(num_experts), epochs=int(epochs), model=model, width=width, depth=depth, norm=norm,
                 lr=float(lr), batch_size=int(batch_size), augment=augment, seed=int(seed), dtype=dtype)
 
@@ -597,7 +599,8 @@ def add_parser(subparsers):
     g.add_argument("--model", default="convnet", metavar="NAME", help="network (default convnet)")
     g.add_argument("--width", type=_positive_int, default=None, metavar="N",
                    help="width (ConvNet default 128 for images >= 16 px, else 32)")
-    g.add_argument("--depth", type=_positive_int, default=None, metavar="N", help="depth (ConvNet default 3 or fewer)")
+    g.add_argument("--depth", type=_positive_int, default=None, metavar="N",
+                   help="depth (ConvNet default: the depth for the image size, 3 for 32 px, 2 for 16-31 px, 1 for 8-15 px)")
     g.add_argument("--norm", default=None, metavar="KIND", help="ConvNet norm: instance (default), batch, none")
     g.add_argument("--lr", type=_positive_float, default=0.01, metavar="LR", help="SGD learning rate (default 0.01)")
     g.add_argument("--batch-size", type=_positive_int, default=256, metavar="N", help="minibatch size (default 256)")

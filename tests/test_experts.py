@@ -221,6 +221,9 @@ def test_default_expert_dir(monkeypatch, tmp_path, digits):
     assert experts.default_expert_dir("digits", {**settings, "seed": 1}) != a
     assert experts.default_expert_dir(digits, settings) != a  # keyed by the fingerprint
     assert experts.default_expert_dir("digits", settings, tmp_path / "x").parent == tmp_path / "x" / "experts"
+    # `jaxdd experts` without --width/--depth keys its cache as `jaxdd distill` does (explicit numbers)
+    assert (settings["width"], settings["depth"]) == (32, 1)
+    assert experts.resolve_settings(digits, num_experts=2, epochs=3, depth=1) == settings
 
 
 def test_mesh_split_matches_one_device(reference, digits, tmp_path):
