@@ -600,7 +600,8 @@ def add_parser(subparsers):
     g.add_argument("--width", type=_positive_int, default=None, metavar="N",
                    help="width (ConvNet default 128 for images >= 16 px, else 32)")
     g.add_argument("--depth", type=_positive_int, default=None, metavar="N",
-                   help="depth (ConvNet default: the depth for the image size, 3 for 32 px, 2 for 16-31 px, 1 for 8-15 px)")
+                   help="depth (ConvNet default: the depth for the image size, 3 for 32 px, 2 for 16-31 px, "
+                        "1 for 8-15 px)")
     g.add_argument("--norm", default=None, metavar="KIND", help="ConvNet norm: instance (default), batch, none")
     g.add_argument("--lr", type=_positive_float, default=0.01, metavar="LR", help="SGD learning rate (default 0.01)")
     g.add_argument("--batch-size", type=_positive_int, default=256, metavar="N", help="minibatch size (default 256)")

@@ -397,9 +397,10 @@ def make_model(name: str = "convnet", *, image_shape, num_classes, width: int | 
                conv: str = "auto", fused_norm: bool | None = None) -> Model:
     """Build a `Model` by name: convnet (norm instance|batch|none), convnet_bn, convnet_nonorm, resnet18, mlp.
 
-    Defaults: ConvNet width 128 and :func:`default_depth` (3 for 32×32: 320,010 parameters on CIFAR-10); ResNet-18 width 64; MLP width 128, depth 2. conv: a CONV_IMPLS name or
-    "auto" (`resolve_conv_impl`). fused_norm: instance norm through `instance_norm`'s custom VJP
-    (None: with the "native" convolution, i.e. the CPU default); same numbers either way.
+    Defaults: ConvNet width 128 and :func:`default_depth` (3 for 32×32: 320,010 parameters on CIFAR-10);
+    ResNet-18 width 64; MLP width 128, depth 2. conv: a CONV_IMPLS name or "auto" (`resolve_conv_impl`).
+    fused_norm: instance norm through `instance_norm`'s custom VJP (None: with the "native" convolution,
+    i.e. the CPU default); same numbers either way.
     """
     require(name in MODELS, f"unknown model '{name}': use one of {', '.join(MODELS)}")
     require(init in ("torch", "flax"), f"unknown init '{init}': use torch or flax")
