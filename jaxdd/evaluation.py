@@ -158,10 +158,11 @@ def get_protocol(name: str | Protocol) -> Protocol:
 def model_defaults(dataset) -> dict[str, Any]:
     """Default evaluation network for a data set: the field's ConvNet (instance norm), width 128 for
     images of 16 px or more (32×32 CIFAR: the standard 320k-parameter ConvNet), width 32 for smaller
-    images (8×8 digits, where width 128 only costs CPU time); depth = make_model's default
-    (:func:`jaxdd.models.default_depth`: 3 for 32×32, 2 for 16-31 px, 1 for 8-15 px)."""
+    images (8×8 digits, where width 128 only costs CPU time); depth: :func:`jaxdd.models.default_depth`
+    (3 for 32×32, 2 for 16-31 px, 1 for 8-15 px), make_model's default."""
     h, w, _ = dataset.image_shape
-    return {"model": "convnet", "width": 128 if min(h, w) >= 16 else 32, "depth": None, "norm": None}
+    return {"model": "convnet", "width": 128 if min(h, w) >= 16 else 32,
+            "depth": models_lib.default_depth(dataset.image_shape), "norm": None}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -438,7 +439,9 @@ def evaluate(images, labels, dataset, *, protocol: str | Protocol = "ratbptt", m
     model_name = proto.model
     require(model_name in models_lib.MODELS,
             f"unknown model {model_name!r}: use one of {', '.join(models_lib.MODELS)}")
-    width = proto.width if proto.width is not None else (defaults["width"] if model_name.startswith("convnet") else None)
+    convnet = model_name.startswith("convnet")
+    width = proto.width if proto.width is not None else (defaults["width"] if convnet else None)
+    depth = proto.depth or (defaults["depth"] if convnet else None)
     _check_positive("num_models", proto.num_models, "--models")
     _check_positive("batch_size", proto.batch_size, "--batch-size")
     if proto.steps is not None:
@@ -462,7 +465,7 @@ def evaluate(images, labels, dataset, *, protocol: str | Protocol = "ratbptt", m
         x_eval, y_eval = dataset.x_test, dataset.y_test
 
     net = _cached_model(model_name, tuple(int(s) for s in dataset.image_shape), int(dataset.num_classes),
-                        width, proto.depth, proto.norm)
+                        width, depth, proto.norm)
     images, targets = check_set(images, labels, dataset, net)
     n = images.shape[0]
     total = proto.num_steps(n, len(dataset.x_train))
@@ -548,8 +551,7 @@ def evaluate(images, labels, dataset, *, protocol: str | Protocol = "ratbptt", m
         "balanced": bool(proto.balanced),
         "model": model_name,
         "width": width,
-        "depth": proto.depth or (models_lib.default_depth(dataset.image_shape) if model_name.startswith("convnet")
-                                 else None),
+        "depth": depth,
         "norm": proto.norm,
         "optimizer": proto.optimizer,
         "lr": float(proto.lr),

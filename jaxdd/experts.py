@@ -395,10 +395,10 @@ def resolve_settings(dataset, *, num_experts: int, epochs: int, model: str = "co
     require(isinstance(lr, (int, float)) and 0 < lr < math.inf, f"lr must be a positive number, got {lr!r}: use --lr")
     require(dtype in DTYPES, f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     augment_lib.strategy_ops(augment)  # validates the name
-    if width is None and model.startswith("convnet"):
-        width = evaluation.model_defaults(dataset)["width"]
-    if depth is None and model.startswith("convnet"):  # as `jaxdd distill` records it, so both find one cache
-        depth = models_lib.default_depth(dataset.image_shape)
+    if model.startswith("convnet"):  # numbers, as `jaxdd distill` records them, so both find one cache
+        defaults = evaluation.model_defaults(dataset)
+        width = defaults["width"] if width is None else width
+        depth = defaults["depth"] if depth is None else depth
     return dict(num_experts=int(num_experts), epochs=int(epochs), model=model, width=width, depth=depth, norm=norm,
                 lr=float(lr), batch_size=int(batch_size), augment=augment, seed=int(seed), dtype=dtype)
 

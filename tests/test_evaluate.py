@@ -160,7 +160,7 @@ def test_checkpoint_accuracy_equals_a_shorter_run(digits, ipc10_set, checkpointe
 
 
 def test_checkpoints_do_not_recompile(digits, ipc10_set, checkpointed):
-    net = ev._cached_model("convnet", (8, 8, 1), 10, 16, None, None)
+    net = ev._cached_model("convnet", (8, 8, 1), 10, 16, ev.model_defaults(digits)["depth"], None)  # as evaluate builds it
     _, run = ev._trainer(net, "adam", 0.0, 0.0, 256, "none", None, 0.1, 0)
     before = (run._cache_size(), ev._scorer(net)._cache_size())
     ev.evaluate(*ipc10_set, digits, **{**FAST, "steps": 60}, checkpoints=(10, 20, 30, 45))
