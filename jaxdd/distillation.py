@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from jaxdd import checkpoint, compile_cache, methods, parallel, presets, rundir, synthetic
-from jaxdd.errors import Interrupted, require, signal_name
+from jaxdd.errors import Interrupted, require, signal_name, warn
 from jaxdd.initial import initial_set
 from jaxdd.models import default_depth, make_model
 from jaxdd.progress import Progress
@@ -298,6 +298,17 @@ def finish(run: Run, *, final_eval: bool = True, progress=False) -> DistillResul
     return result
 
 
+def warn_if_not_better(distilled: float, random_real: float, out=None) -> None:
+    """Warn (one line) when a distilled set scores no better than random real images of its size: the run
+    has not learned anything yet (too few steps, or an outer step that diverged), which a user comparing two
+    numbers should not have to spot."""
+    if distilled <= random_real:
+        where = f" in {rundir.path(out, rundir.METRICS)}" if out is not None else ""
+        warn(f"the distilled set ({100 * distilled:.2f} %) scores no better than random real images of the "
+                      f"same size ({100 * random_real:.2f} %): the run has not converged; check the outer loss{where}, "
+                      "then run longer (--resume with a larger --steps) or with a smaller --outer-lr")
+
+
 def _final_evaluation(run: Run, arrays: dict, result: DistillResult, report: Progress, write: bool) -> None:
     protocol = run.spec.evaluation(run.settings)
     what = f"{protocol.get('num_models', '?')} networks x {protocol.get('steps', '?')} steps on the test split"
@@ -312,6 +323,7 @@ def _final_evaluation(run: Run, arrays: dict, result: DistillResult, report: Pro
     result.baseline = evaluate_set(run, {"images": baseline, "labels": labels0, "row_block": real}, split="test",
                                    progress=report.bar_on)
     report.detail(f"random real images: test accuracy {100 * result.baseline['accuracy_mean']:.2f} %")
+    warn_if_not_better(result.evaluation["accuracy_mean"], result.baseline["accuracy_mean"], run.out)
     run.record = dict(run.record, test_accuracy=result.evaluation["accuracy_mean"],
                       random_real_accuracy=result.baseline["accuracy_mean"])
     if run.method.report is not None:

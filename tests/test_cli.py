@@ -151,6 +151,28 @@ def test_distill_writes_outputs_and_resumes(tmp_path, capsys):
     assert code == 0 and REQUIRED <= set(_last_json(capsys.readouterr().out))
 
 
+def test_distill_warns_when_the_set_does_not_beat_random_real(tmp_path, capsys):
+    """One step from noise cannot beat real images (about 10 % against 60 %): one warning line that names
+    both numbers and the metrics file; a run that beats them (unit call below) stays quiet."""
+    out = tmp_path / "noise"
+    code = main(["distill", "--dataset", "digits", "--ipc", "1", "--steps", "1", "--init", "noise", "--out", str(out),
+                 *DISTILL_TINY, "--eval-steps", "50"])
+    _, err = capsys.readouterr()
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if "scores no better than random real" in line]
+    assert len(lines) == 1 and lines[0].startswith("jaxdd: warning: "), err
+    assert str(out / "metrics.jsonl") in lines[0] and "--steps" in lines[0]
+    import warnings
+
+    from jaxdd.distillation import warn_if_not_better
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_not_better(0.61, 0.60)  # better: no warning (an error here)
+    with pytest.warns(UserWarning, match=r"\(40.00 %\) scores no better than .* \(60.00 %\)"):
+        warn_if_not_better(0.40, 0.60)
+
+
 def test_distill_bad_input(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the default --out is runs/... under the working directory
     assert "unknown method" in _error_line(capsys, ["distill", "--method", "kip", *DISTILL_TINY])
