@@ -55,15 +55,26 @@ def means(dataset, ipc: int, key, noise_scale: str = "real", iterations: int = 1
     """Per class, `ipc` k-means centroids of its training images (Lloyd's iterations from random real
     images seeded by `key`); at IPC 1 the class's mean image. Not real images, but the points that one
     or a few images per class can best stand for."""
+    return means_beside(dataset, None, ipc, key, iterations)
+
+
+def means_beside(dataset, existing, ipc: int, key, iterations: int = 10):
+    """Per class, `ipc` new k-means centroids of its training images with the class's `existing` images
+    (class-major [C·k, H, W, C], or None) held fixed as further centroids: Lloyd's iterations from random
+    real images seeded by `key` move only the new ones, so they settle where the existing images leave
+    the class uncovered (Boost-DD's fresh blocks). With no existing images, plain k-means (`means`)."""
     start, labels = real(dataset, ipc, key)
     x, y = np.asarray(dataset.x_train, np.float32), np.asarray(dataset.y_train)
     out = start.reshape(len(start), -1).copy()
+    fixed = None if existing is None else np.asarray(existing, np.float32).reshape(dataset.num_classes, -1, out.shape[1])
     for c in range(dataset.num_classes):
         pts = x[y == c].reshape(-1, out.shape[1])
+        held = np.zeros((0, out.shape[1]), np.float32) if fixed is None else fixed[c]
         cent = out[c * ipc:(c + 1) * ipc]
-        for _ in range(iterations if ipc > 1 else 1):
-            d = (pts ** 2).sum(1)[:, None] - 2 * pts @ cent.T + (cent ** 2).sum(1)[None]
-            near = d.argmin(1)
+        for _ in range(iterations if ipc > 1 or len(held) else 1):
+            both = np.concatenate([held, cent])
+            d = (pts ** 2).sum(1)[:, None] - 2 * pts @ both.T + (both ** 2).sum(1)[None]
+            near = d.argmin(1) - len(held)  # < 0: nearest to an existing image
             cent = np.stack([pts[near == j].mean(0) if (near == j).any() else cent[j] for j in range(ipc)])
         out[c * ipc:(c + 1) * ipc] = cent
     return out.reshape(start.shape).astype(np.float32), labels

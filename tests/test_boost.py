@@ -8,6 +8,7 @@ import pytest
 
 from jaxdd import distillation
 from jaxdd.cli import main
+from jaxdd.errors import JaxddError
 from jaxdd.methods.boost import block_rows
 
 TINY = dict(width=4, depth=1, unroll_steps=6, window=3, real_batch=64, eval_steps=20, eval_models=2,
@@ -68,9 +69,46 @@ def test_boost_cli_writes_the_prefix_table(tmp_path, capsys):
     assert out["num_images"] == 10
 
 
-def test_bad_block_settings(digits):
-    from jaxdd.errors import JaxddError
+def test_fresh_block_means_settle_where_the_existing_images_leave_the_class_uncovered(key):
+    """Two clusters per class (pixels near +m and near −m): with the +m image held as an existing block,
+    the new centroid goes to the −m cluster, where plain k-means at IPC 1 gives the class mean (0)."""
+    from jaxdd.data.dataset import Dataset
+    from jaxdd.initial import means, means_beside
 
+    rng = np.random.default_rng(0)
+    level = np.repeat([1.0, -1.0, 3.0, -3.0], 20)[:, None, None, None]  # class 0: ±1, class 1: ±3
+    x = (level + 0.1 * rng.standard_normal((80, 4, 4, 1))).astype(np.float32)
+    y = np.repeat([0, 1], 40)
+    ds = Dataset("two-clusters", x, y, x, y, 2, ("a", "b"))
+    existing = np.stack([np.full((4, 4, 1), 1.0), np.full((4, 4, 1), 3.0)]).astype(np.float32)
+    fresh, labels = means_beside(ds, existing, 1, key)
+    assert labels.tolist() == [0, 1]
+    np.testing.assert_allclose(fresh[0], x[20:40].mean(0), atol=1e-5)  # the −1 cluster's mean
+    np.testing.assert_allclose(fresh[1], x[60:80].mean(0), atol=1e-5)  # the −3 cluster's mean
+    plain, _ = means(ds, 1, key)
+    np.testing.assert_allclose(plain[0], x[:40].mean(0), atol=1e-5)
+    np.testing.assert_array_equal(means_beside(ds, None, 1, key)[0], plain)
+
+
+def test_fresh_init_means_starts_block_two_from_centroids_beside_block_one(digits):
+    """--fresh-init means: block 2 starts from centroids placed beside block 1, so the four starts per class
+    cover the class's training images better (k-means cost) than block 1 plus random real images do.
+    Read at a negligible outer lr, so block 1 is the same in both runs and the starts are where they began."""
+    x, y = np.asarray(digits.x_train, np.float64).reshape(len(digits.x_train), -1), np.asarray(digits.y_train)
+
+    def cost(images):  # squared distance of every training image to its class's nearest start
+        c = np.asarray(images, np.float64).reshape(10, 4, -1)
+        return sum(((x[y == k][:, None] - c[k][None]) ** 2).sum(-1).min(1).sum() for k in range(10))
+
+    beside = _boost(digits, 4, 0.0, outer_lr=1e-12, fresh_init="means", init="means")
+    real = _boost(digits, 4, 0.0, outer_lr=1e-12, fresh_init="real", init="means")
+    np.testing.assert_allclose(_block(beside.images, 0), _block(real.images, 0), atol=1e-6)
+    assert cost(beside.images) < 0.9 * cost(real.images), (cost(beside.images), cost(real.images))
+    with pytest.raises(JaxddError, match="--fresh-init"):
+        _boost(digits, 1, 0.0, fresh_init="kmeans")
+
+
+def test_bad_block_settings(digits):
     with pytest.raises(JaxddError, match="multiple of --block"):
         distillation.distill(digits, "boost", ipc=3, steps=1, progress=False, final_eval=False, block=2, **TINY)
 

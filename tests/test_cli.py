@@ -4,12 +4,14 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
 
 from jaxdd import evaluation as ev
 from jaxdd.cli import main
+from jaxdd.distillation import warn_if_not_better
 
 TINY = ["--steps", "20", "--models", "2", "--width", "16", "--no-progress"]
 REQUIRED = {"accuracy_mean", "accuracy_std", "num_models"}
@@ -162,10 +164,6 @@ def test_distill_warns_when_the_set_does_not_beat_random_real(tmp_path, capsys):
     lines = [line for line in err.splitlines() if "scores no better than random real" in line]
     assert len(lines) == 1 and lines[0].startswith("jaxdd: warning: "), err
     assert str(out / "metrics.jsonl") in lines[0] and "--steps" in lines[0]
-    import warnings
-
-    from jaxdd.distillation import warn_if_not_better
-
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         warn_if_not_better(0.61, 0.60)  # better: no warning (an error here)

@@ -16,7 +16,7 @@ import numpy as np
 
 from jaxdd import synthetic, truncation
 from jaxdd.errors import require
-from jaxdd.initial import initial_set
+from jaxdd.initial import initial_set, means_beside
 from jaxdd.methods import bptt
 from jaxdd.methods.base import MethodSpec, register
 from jaxdd.settings import setting
@@ -32,6 +32,8 @@ class BoostSettings(bptt.BPTTSettings):
     beta: float = setting(0.1, "outer learning rate of the older blocks, as a fraction of --outer-lr (0: frozen)")
     inner_method: str = setting("rat-bptt", "estimator used inside each block: rat-bptt | tbptt | bptt")
     block_steps: int = setting(0, "meta-steps per block (0: --steps split evenly over the blocks)")
+    fresh_init: str = setting("auto", "how a fresh block starts: noise | real | means (k-means centroids beside "
+                                      "the existing images) | auto (by --init)")
 
     def validate(self, ipc: int) -> "BoostSettings":
         super().validate(ipc)
@@ -40,6 +42,8 @@ class BoostSettings(bptt.BPTTSettings):
         require(0 <= self.beta <= 1, f"--beta must lie in [0, 1], got {self.beta}")
         require(self.inner_method in INNER_METHODS,
                 f"unknown --inner-method '{self.inner_method}': use {', '.join(INNER_METHODS)}")
+        require(self.fresh_init in FRESH_INITS,
+                f"unknown --fresh-init '{self.fresh_init}': use {', '.join(FRESH_INITS)}")
         return self
 
 
@@ -60,9 +64,9 @@ def carry_over(old, new):
     return jax.tree_util.tree_map_with_path(pick, new)
 
 
-# How a fresh block starts, by --init: class means would repeat the first block's start, so a fresh block of
-# a `means` run starts from random real images; a distilled.npz has no further rows, so noise.
+# How a fresh block starts with --fresh-init auto, by --init: a distilled.npz has no further rows, so noise.
 FRESH_BLOCK_INIT = {"noise": "noise", "real": "real", "means": "real"}
+FRESH_INITS = ("auto", "noise", "real", "means")
 
 
 def build(ctx):
@@ -102,8 +106,12 @@ def build(ctx):
         images, labels, _ = jax.device_get(synthetic.assemble(state.theta, state.consts))
         ipc_now = len(images) // C
         key = jax.random.wrap_key_data(np.asarray(jax.device_get(state.key)))
-        fresh, _ = initial_set(ctx.dataset, (want - have) * s.block, FRESH_BLOCK_INIT.get(s.init, "noise"),
-                               jax.random.fold_in(key, 1000 + have), noise_scale=s.noise_scale)
+        how = FRESH_BLOCK_INIT.get(s.init, "noise") if s.fresh_init == "auto" else s.fresh_init
+        key_new = jax.random.fold_in(key, 1000 + have)
+        if how == "means":
+            fresh, _ = means_beside(ctx.dataset, np.asarray(images), (want - have) * s.block, key_new)
+        else:
+            fresh, _ = initial_set(ctx.dataset, (want - have) * s.block, how, key_new, noise_scale=s.noise_scale)
         ipc_new = want * s.block
         new_images = np.concatenate([np.asarray(images).reshape((C, ipc_now) + images.shape[1:]),
                                      fresh.reshape((C, ipc_new - ipc_now) + fresh.shape[1:])], 1)
