@@ -298,15 +298,17 @@ def finish(run: Run, *, final_eval: bool = True, progress=False) -> DistillResul
     return result
 
 
-def warn_if_not_better(distilled: float, random_real: float, out=None) -> None:
-    """Warn (one line) when a distilled set scores no better than random real images of its size: the run
-    has not learned anything yet (too few steps, or an outer step that diverged), which a user comparing two
-    numbers should not have to spot."""
-    if distilled <= random_real:
+def warn_if_not_better(distilled: dict, random_real: dict, out=None) -> None:
+    """Warn (one line) when a distilled set scores no better than random real images of its size (two
+    evaluation results, as from :func:`evaluate_set`): the run may not have learned anything yet, which a
+    user comparing two numbers should not have to spot."""
+    d, b = distilled["accuracy_mean"], random_real["accuracy_mean"]
+    if d <= b:
         where = f" in {rundir.path(out, rundir.METRICS)}" if out is not None else ""
-        warn(f"the distilled set ({100 * distilled:.2f} %) scores no better than random real images of the "
-                      f"same size ({100 * random_real:.2f} %): the run has not converged; check the outer loss{where}, "
-                      "then run longer (--resume with a larger --steps) or with a smaller --outer-lr")
+        warn(f"the distilled set ({100 * d:.2f} ± {100 * distilled['accuracy_std']:.2f} %) scores no better than "
+             f"random real images of the same size ({100 * b:.2f} ± {100 * random_real['accuracy_std']:.2f} %): the "
+             f"run may not have learned yet; check the outer loss{where} and, e.g., run longer (--resume with a "
+             "larger --steps) or change the method's step sizes (docs/methods/)")
 
 
 def _final_evaluation(run: Run, arrays: dict, result: DistillResult, report: Progress, write: bool) -> None:
@@ -323,7 +325,7 @@ def _final_evaluation(run: Run, arrays: dict, result: DistillResult, report: Pro
     result.baseline = evaluate_set(run, {"images": baseline, "labels": labels0, "row_block": real}, split="test",
                                    progress=report.bar_on)
     report.detail(f"random real images: test accuracy {100 * result.baseline['accuracy_mean']:.2f} %")
-    warn_if_not_better(result.evaluation["accuracy_mean"], result.baseline["accuracy_mean"], run.out)
+    warn_if_not_better(result.evaluation, result.baseline, run.out)
     run.record = dict(run.record, test_accuracy=result.evaluation["accuracy_mean"],
                       random_real_accuracy=result.baseline["accuracy_mean"])
     if run.method.report is not None:

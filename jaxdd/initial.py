@@ -60,24 +60,47 @@ def means(dataset, ipc: int, key, noise_scale: str = "real", iterations: int = 1
 
 def means_beside(dataset, existing, ipc: int, key, iterations: int = 10):
     """Per class, `ipc` new k-means centroids of its training images with the class's `existing` images
-    (class-major [C·k, H, W, C], or None) held fixed as further centroids: Lloyd's iterations from random
-    real images seeded by `key` move only the new ones, so they settle where the existing images leave
-    the class uncovered (Boost-DD's fresh blocks). With no existing images, plain k-means (`means`)."""
+    (class-major [C·k, H, W, C], or None) held fixed as further centroids, for Boost-DD's fresh blocks.
+    The new ones start from training images drawn with probability ∝ their squared distance to the
+    nearest centroid so far (k-means++ seeding beside the existing images, seeded by `key`), and Lloyd's
+    iterations move only them, so they tend to settle where the existing images leave the class
+    uncovered (a local optimum, not a guarantee). With no existing images, plain k-means (`means`:
+    Lloyd's iterations from random real images)."""
     start, labels = real(dataset, ipc, key)
     x, y = np.asarray(dataset.x_train, np.float32), np.asarray(dataset.y_train)
     out = start.reshape(len(start), -1).copy()
     fixed = None if existing is None else np.asarray(existing, np.float32).reshape(dataset.num_classes, -1, out.shape[1])
+    rng = np.random.default_rng(int(jax.random.randint(jax.random.fold_in(key, 1), (), 0, 2**30)))
     for c in range(dataset.num_classes):
         pts = x[y == c].reshape(-1, out.shape[1])
         held = np.zeros((0, out.shape[1]), np.float32) if fixed is None else fixed[c]
         cent = out[c * ipc:(c + 1) * ipc]
+        if len(held):
+            cent = _seed_beside(pts, held, ipc, rng)
         for _ in range(iterations if ipc > 1 or len(held) else 1):
             both = np.concatenate([held, cent])
-            d = (pts ** 2).sum(1)[:, None] - 2 * pts @ both.T + (both ** 2).sum(1)[None]
-            near = d.argmin(1) - len(held)  # < 0: nearest to an existing image
+            near = _sq_dist(pts, both).argmin(1) - len(held)  # < 0: nearest to an existing image
             cent = np.stack([pts[near == j].mean(0) if (near == j).any() else cent[j] for j in range(ipc)])
         out[c * ipc:(c + 1) * ipc] = cent
     return out.reshape(start.shape).astype(np.float32), labels
+
+
+def _sq_dist(pts, cent):
+    """Squared Euclidean distances [P, K] between rows of `pts` and of `cent`."""
+    return np.maximum((pts ** 2).sum(1)[:, None] - 2 * pts @ cent.T + (cent ** 2).sum(1)[None], 0.0)
+
+
+def _seed_beside(pts, held, k: int, rng):
+    """k points of `pts` drawn one by one with probability ∝ squared distance to the nearest of `held` and
+    those drawn so far (k-means++ seeding with fixed centres)."""
+    nearest = _sq_dist(pts, held).min(1)
+    chosen = []
+    for _ in range(k):
+        total = nearest.sum()
+        i = int(rng.choice(len(pts), p=nearest / total)) if total > 0 else int(rng.integers(len(pts)))
+        chosen.append(pts[i])
+        nearest = np.minimum(nearest, _sq_dist(pts, pts[i:i + 1])[:, 0])
+    return np.stack(chosen)
 
 
 STRATEGIES = {"noise": noise, "real": real, "means": means}

@@ -166,9 +166,10 @@ def test_distill_warns_when_the_set_does_not_beat_random_real(tmp_path, capsys):
     assert str(out / "metrics.jsonl") in lines[0] and "--steps" in lines[0]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        warn_if_not_better(0.61, 0.60)  # better: no warning (an error here)
-    with pytest.warns(UserWarning, match=r"\(40.00 %\) scores no better than .* \(60.00 %\)"):
-        warn_if_not_better(0.40, 0.60)
+        # better: no warning (an error here)
+        warn_if_not_better(dict(accuracy_mean=0.61, accuracy_std=0.02), dict(accuracy_mean=0.60, accuracy_std=0.01))
+    with pytest.warns(UserWarning, match=r"\(40.00 ± 2.00 %\) scores no better than .* \(60.00 ± 1.00 %\)"):
+        warn_if_not_better(dict(accuracy_mean=0.40, accuracy_std=0.02), dict(accuracy_mean=0.60, accuracy_std=0.01))
 
 
 def test_distill_bad_input(capsys, tmp_path, monkeypatch):
