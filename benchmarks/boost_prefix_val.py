@@ -25,11 +25,12 @@ def main() -> None:
     ap.add_argument("--ipc", type=int, default=6)
     ap.add_argument("--block", type=int, default=2)
     ap.add_argument("--steps-per-block", type=int, default=200)
+    ap.add_argument("--beta", type=float, default=None, help="boost's --beta (default: the method's)")
     ap.add_argument("--jsonl", help="append the result line to this file")
     a = ap.parse_args()
     steps = a.steps_per_block * (a.ipc // a.block)
     run = distillation.prepare(a.dataset, "boost", a.ipc, steps, seed=a.seed, eval_every=0, block=a.block,
-                               fresh_init=a.fresh_init)
+                               fresh_init=a.fresh_init, **({} if a.beta is None else {"beta": a.beta}))
     distillation.loop(run, progress=False)
     arrays = distillation._finalize(run, run.state)
     prefix = {}
@@ -37,7 +38,7 @@ def main() -> None:
         images, labels = prefix_ipc(arrays["images"], arrays["labels"], k, run.dataset.num_classes)
         score = distillation.evaluate_set(run, {"images": images, "labels": labels}, split="val")
         prefix[k] = round(100 * score["accuracy_mean"], 2)
-    row = dict(fresh=a.fresh_init, seed=a.seed, ipc=a.ipc, steps_per_block=a.steps_per_block, prefix_val=prefix,
+    row = dict(fresh=a.fresh_init, beta=run.settings.beta, seed=a.seed, ipc=a.ipc, steps_per_block=a.steps_per_block, prefix_val=prefix,
                command="python " + " ".join(sys.argv), evaluation=run.record["evaluation"])
     print(json.dumps(row), flush=True)
     if a.jsonl:
