@@ -20,6 +20,7 @@ def _problem(steps, norm="instance"):
     k = jax.random.split(jax.random.key(11), 4)
     p0, s0 = model.init(k[0])
     p1, _ = model.init(k[1])
+    s0 = jax.tree.map(lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a, s0)  # BN stats
     start, unravel = ravel_pytree(jax.tree.map(lambda a: a.astype(jnp.float64), p0))
     target = start + 0.05 * ravel_pytree(jax.tree.map(lambda a: a.astype(jnp.float64), p1))[0]
     images = jax.random.normal(k[2], (C * IPC, HW, HW, 1), jnp.float64)
