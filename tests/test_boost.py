@@ -46,10 +46,11 @@ def test_prefixes_are_class_major_blocks(digits):
     np.testing.assert_array_equal(r.arrays["row_block"], np.tile([0, 0, 1, 1], 10))
 
 
-def test_resume_in_block_two_equals_uninterrupted(digits, tmp_path):
-    full = _boost(digits, 6, 0.1)
-    _boost(digits, 4, 0.1, out=tmp_path / "b")  # stops in block 2 (checkpoint at step 4)
-    resumed = _boost(digits, 6, 0.1, out=tmp_path / "b", resume=True)
+@pytest.mark.parametrize("init", ["noise", "means"])  # means: block 2 starts from centroids beside block 1
+def test_resume_in_block_two_equals_uninterrupted(digits, tmp_path, init):
+    full = _boost(digits, 6, 0.1, init=init)
+    _boost(digits, 4, 0.1, out=tmp_path / "b", init=init)  # stops in block 2 (checkpoint at step 4)
+    resumed = _boost(digits, 6, 0.1, out=tmp_path / "b", resume=True, init=init)
     np.testing.assert_array_equal(resumed.images, full.images)
     rows = [json.loads(line) for line in open(tmp_path / "b" / "metrics.jsonl")]
     assert [r["step"] for r in rows] == list(range(1, 7))
