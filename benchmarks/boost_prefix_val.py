@@ -38,8 +38,8 @@ def main() -> None:
         images, labels = prefix_ipc(arrays["images"], arrays["labels"], k, run.dataset.num_classes)
         score = distillation.evaluate_set(run, {"images": images, "labels": labels}, split="val")
         prefix[k] = round(100 * score["accuracy_mean"], 2)
-    row = dict(fresh=a.fresh_init, beta=run.settings.beta, seed=a.seed, ipc=a.ipc, steps_per_block=a.steps_per_block, prefix_val=prefix,
-               command="python " + " ".join(sys.argv), evaluation=run.record["evaluation"])
+    row = dict(fresh=a.fresh_init, beta=run.settings.beta, seed=a.seed, ipc=a.ipc, steps_per_block=a.steps_per_block,
+               prefix_val=prefix, command="python " + " ".join(sys.argv), evaluation=run.record["evaluation"])
     print(json.dumps(row), flush=True)
     if a.jsonl:
         with open(a.jsonl, "a") as f:

@@ -69,7 +69,8 @@ def means_beside(dataset, existing, ipc: int, key, iterations: int = 10):
     start, labels = real(dataset, ipc, key)
     x, y = np.asarray(dataset.x_train, np.float32), np.asarray(dataset.y_train)
     out = start.reshape(len(start), -1).copy()
-    fixed = None if existing is None else np.asarray(existing, np.float32).reshape(dataset.num_classes, -1, out.shape[1])
+    fixed = (None if existing is None
+             else np.asarray(existing, np.float32).reshape(dataset.num_classes, -1, out.shape[1]))
     rng = np.random.default_rng(int(jax.random.randint(jax.random.fold_in(key, 1), (), 0, 2**30)))
     for c in range(dataset.num_classes):
         pts = x[y == c].reshape(-1, out.shape[1])

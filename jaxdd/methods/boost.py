@@ -64,16 +64,14 @@ def carry_over(old, new):
     return jax.tree_util.tree_map_with_path(pick, new)
 
 
-# How a fresh block starts with --fresh-init auto, by --init: a distilled.npz has no further rows, so noise.
-# `means` runs: k-means centroids beside the blocks so far (initial.means_beside), chosen on the validation
-# split of digits against random real images (the former choice; plain class means would repeat block 1's
-# start), benchmarks/results/sweep_boost.jsonl, val accuracy real / means: `benchmarks/sweep.py --dataset
-# digits --method boost --ipc 4 --steps 400 --eval-every 400 --seed S --config '{"block": 2, "fresh_init":
-# "real"}' --config '{"block": 2, "fresh_init": "means"}'`: 92.61 / 94.01, 91.90 / 93.13, 97.54 / 98.24 %
-# (seeds 0 / 1 / 2); IPC 10, 1000 steps, seed 0: 95.60 / 95.95 %; the prefixes of IPC 6 runs
-# (`benchmarks/boost_prefix_val.py`, mean of seeds 0-2) at IPC 2 / 4 / 6: 94.25 / 94.84 / 95.60 against
-# 94.19 / 95.83 / 96.36 %.
-FRESH_BLOCK_INIT = {"noise": "noise", "real": "real", "means": "means"}
+# How a fresh block starts. auto: as --init says (noise, real or means); a distilled.npz or another strategy has no
+# further rows, so noise. `means` runs: k-means centroids beside the blocks so far (initial.means_beside), chosen
+# on the validation split of digits against random real images (the former choice; plain class means would repeat
+# block 1's start), benchmarks/results/sweep_boost.jsonl, val accuracy real / means: `benchmarks/sweep.py --dataset
+# digits --method boost --ipc 4 --steps 400 --eval-every 400 --seed S --config '{"block": 2, "fresh_init": "real"}'
+# --config '{"block": 2, "fresh_init": "means"}'`: 92.61 / 94.01, 91.90 / 93.13, 97.54 / 98.24 % (seeds 0 / 1 / 2);
+# IPC 10, 1000 steps, seed 0: 95.60 / 95.95 %; the prefixes of IPC 6 runs (`benchmarks/boost_prefix_val.py`, mean
+# of seeds 0-2) at IPC 2 / 4 / 6: 94.25 / 94.84 / 95.60 against 94.19 / 95.83 / 96.36 %.
 FRESH_INITS = ("auto", "noise", "real", "means")
 
 
@@ -114,7 +112,7 @@ def build(ctx):
         images, labels, _ = jax.device_get(synthetic.assemble(state.theta, state.consts))
         ipc_now = len(images) // C
         key = jax.random.wrap_key_data(np.asarray(jax.device_get(state.key)))
-        how = FRESH_BLOCK_INIT.get(s.init, "noise") if s.fresh_init == "auto" else s.fresh_init
+        how = s.fresh_init if s.fresh_init != "auto" else (s.init if s.init in FRESH_INITS else "noise")
         key_new = jax.random.fold_in(key, 1000 + have)
         if how == "means":
             fresh, _ = means_beside(ctx.dataset, np.asarray(images), (want - have) * s.block, key_new)
