@@ -23,17 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdd.errors import require
-from jaxdd.unroll import run_prefix
-
-try:  # the truncation-schedule interface (jaxdd/truncation.py) where it exists
-    from jaxdd.truncation import Schedule
-except ImportError:  # pragma: no cover - same fields as jaxdd.truncation.Schedule
-    class Schedule(NamedTuple):
-        init: Callable[[], Any]
-        sample: Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]]
-        update: Callable[[Any, dict], Any]
-        max_window: int
-        masked: bool = True
+from jaxdd.truncation import Schedule
 
 STAGES = ("early", "middle", "late")
 STAGE_MODES = ("switch", "smooth", "off")
@@ -84,18 +74,6 @@ def table_stats(table: dict) -> tuple[jax.Array, jax.Array]:
     filled = jnp.where(prev >= 0, jnp.where(nxt < g.shape[0], inner, g[prev_c]), g[nxt_c])
     filled = jnp.where(seen.any(), jnp.where(seen, g, filled), 0.0)
     return filled, variation(filled)
-
-
-def probe_stats(step, carry, theta, xs) -> tuple[jax.Array, jax.Array]:
-    """The authors' probe: run all T steps of `step` from `carry` (a fresh `jaxdd.inner.InnerState`)
-    without gradient, return (g [T], v [T]) from the norms the step writes to ``carry.grad_norms``."""
-    total = carry.grad_norms.shape[0]
-    end = run_prefix(step, carry, theta, xs, total)
-    g = end.grad_norms.astype(jnp.float32)
-    return g, variation(g)
-
-
-# --- selection ----------------------------------------------------------------------------------
 
 
 def timestep_logits(g, tau: float, beta=1.0, zscore: bool = True) -> jax.Array:

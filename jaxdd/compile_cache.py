@@ -2,10 +2,9 @@
 
 `enable()` points JAX's persistent compilation cache (``jax_compilation_cache_dir``) at a directory
 under the user's cache directory: the first run of a command compiles and stores each executable,
-later runs with the same shapes, settings and jax/jaxlib version load it instead (on the 2-core CPU,
-launch to first meta-step of ``jaxdd distill --dataset digits --ipc 1 --steps 3 --no-eval`` goes from
-8.2 s to 4.1 s, and the peak memory of a CPU meta-step drops by the ~250 MB the compiler holds; see
-benchmarks/RESULTS.md, "Start-up"). Call it once, before the first compilation.
+later runs with the same shapes, settings and jax/jaxlib version load it instead, which shortens the
+start-up and the peak memory the compiler holds (benchmarks/RESULTS.md, "Start-up"). Call it once,
+before the first compilation.
 
 Directory: ``cache_dir`` if given, else ``$JAXDD_CACHE_DIR/jax``, else ``$XDG_CACHE_HOME/jaxdd/jax``,
 else ``~/.cache/jaxdd/jax``. A cache directory the user already gave JAX (``JAX_COMPILATION_CACHE_DIR``
@@ -27,7 +26,7 @@ ENV_DIR = "JAXDD_CACHE_DIR"
 ENV_OFF = "JAXDD_NO_COMPILE_CACHE"
 
 #: Compilations faster than this are not written to the cache (JAX's default is 1 s; the small
-#: jitted helpers of a distillation take 0.1-0.5 s each and add up at start-up).
+#: jitted helpers of a distillation compile in well under a second each and add up at start-up).
 MIN_COMPILE_SECONDS = 0.2
 
 

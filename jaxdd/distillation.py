@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import signal
 import threading
 import time
@@ -18,10 +19,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxdd import checkpoint, compile_cache, methods, parallel, presets, rundir, synthetic
+from jaxdd import checkpoint, compile_cache, data, methods, parallel, presets, rundir, synthetic
 from jaxdd.errors import Interrupted, require, signal_name, warn
+from jaxdd.evaluation import evaluate
 from jaxdd.initial import initial_set
-from jaxdd.models import default_depth, make_model
+from jaxdd.models import make_model
 from jaxdd.progress import Progress
 
 
@@ -63,22 +65,27 @@ class Run:
     primary: bool = True
 
 
-def _prepare_dataset(dataset, settings, seed: int, cache_dir=None):
-    from jaxdd import data
+def _load(dataset, seed: int, cache_dir=None):
+    """load(settings) -> Dataset for `presets.resolve_run`: a source is loaded with the settings'
+    normalisation and validation split; a Dataset given as is gets its validation split if it lacks one."""
 
-    if isinstance(dataset, (str, os.PathLike)):
-        return data.load(dataset, normalize=settings.normalize, val_fraction=settings.val_fraction, seed=seed,
-                         cache_dir=cache_dir)
-    if dataset.x_val is None and settings.val_fraction > 0:
-        dataset = dataset.with_validation(settings.val_fraction, seed=seed)
-    return dataset
+    def load(settings):
+        if isinstance(dataset, (str, os.PathLike)):
+            return data.load(dataset, normalize=settings.normalize, val_fraction=settings.val_fraction, seed=seed,
+                             cache_dir=cache_dir)
+        if dataset.x_val is None and settings.val_fraction > 0:
+            return dataset.with_validation(settings.val_fraction, seed=seed)
+        return dataset
+
+    return load
 
 
 def prepare(dataset="digits", method: str = "rat-bptt", ipc: int = 1, steps: int | None = None, *, out=None,
             seed: int = 0, resume: bool = False, overwrite: bool = False, settings=None, published: bool = False,
-            mesh=None, cache_dir=None, **overrides) -> Run:
+            mesh=None, cache_dir=None, log=None, **overrides) -> Run:
     """Resolve settings, check every input, load the data, build the method and its state (restored
-    from out/checkpoints with `resume`). Nothing is written before every check has passed."""
+    from out/checkpoints with `resume`). Nothing is written before every check has passed. log(text):
+    where the method's progress messages go (default: nowhere)."""
     spec = methods.get(method)
     require(not (resume and overwrite), "--resume and --overwrite contradict each other: --resume continues the "
                                         "run in --out, --overwrite replaces it; pass one of them")
@@ -86,28 +93,16 @@ def prepare(dataset="digits", method: str = "rat-bptt", ipc: int = 1, steps: int
     require(isinstance(ipc, (int, np.integer)) and not isinstance(ipc, bool) and ipc >= 1,
             f"--ipc must be a positive integer, got {ipc!r}")
     require(isinstance(seed, (int, np.integer)) and 0 <= seed < 2**63, f"--seed must be an integer in [0, 2^63), got {seed!r}")
-    given, loaded = settings, None
-    ratio = float(overrides.get("ratio") or getattr(settings, "ratio", 0) or 0)
-    if ratio:  # a method with a `ratio` setting (SelMatch): the budget as a fraction of the training data
-        probe = presets.resolve(method, name, 1, given, overrides)
-        loaded = _prepare_dataset(dataset, probe, seed, cache_dir)
-        total = len(loaded.x_train) + (0 if loaded.x_val is None else len(loaded.x_val))
-        ipc = max(1, int(np.floor(ratio * total / loaded.num_classes + 0.5)))
-    settings = presets.resolve(method, name, int(ipc), given, overrides, published=published)
-    steps = presets.default_steps(method, name, ipc, published) if steps is None else steps
-    require(isinstance(steps, (int, np.integer)) and steps >= 0, f"--steps must be a non-negative integer, got {steps!r}")
+    require(steps is None or (isinstance(steps, (int, np.integer)) and steps >= 0),
+            f"--steps must be a non-negative integer, got {steps!r}")
     if out is not None:
         out = os.fspath(out)
         rundir.check_writable(out)
         _check_run_folder(out, resume, overwrite)
-    same = loaded is not None and (probe.normalize, probe.val_fraction) == (settings.normalize, settings.val_fraction)
-    dataset = loaded if same else _prepare_dataset(dataset, settings, seed, cache_dir)
+    settings, ipc, dataset = presets.resolve_run(method, name, int(ipc), settings, overrides, published=published,
+                                                 load=_load(dataset, seed, cache_dir))
+    steps = presets.default_steps(method, name, ipc, published) if steps is None else steps
     require(dataset.num_classes >= 2, f"the data set has {dataset.num_classes} class: distillation needs at least 2")
-    real_batch = getattr(settings, "real_batch", None)
-    require(real_batch is None or real_batch <= len(dataset.x_train),
-            f"--real-batch {real_batch} is larger than the training set ({len(dataset.x_train)} images)")
-    if settings.depth == 0 and settings.model.startswith("convnet"):  # the depth for this image size, recorded
-        settings = dataclasses.replace(settings, depth=default_depth(dataset.image_shape))
     model = make_model(settings.model, image_shape=dataset.image_shape, num_classes=dataset.num_classes,
                        width=settings.width, depth=settings.depth or None, norm=settings.norm)
     record = dict(method=method, ipc=int(ipc), seed=int(seed), dataset=name, steps=int(steps),
@@ -117,12 +112,10 @@ def prepare(dataset="digits", method: str = "rat-bptt", ipc: int = 1, steps: int
 
     k_init, k_run = jax.random.split(jax.random.key(seed))
     images0, labels0 = initial_set(dataset, int(ipc), settings.init, k_init, noise_scale=settings.noise_scale)
-    if real_batch is not None:
-        parallel.check_divisible(mesh, real_batch=real_batch, population=getattr(settings, "population", 1))
-    ctx = methods.Context(settings, model, dataset, int(ipc), int(steps), int(seed), mesh, cache_dir)
+    ctx = methods.Context(settings, model, dataset, int(ipc), int(steps), int(seed), mesh, cache_dir,
+                          log or (lambda text: None))
     meth = spec.build(ctx)
-    theta, consts = synthetic.make(images0, labels0, dataset.num_classes,
-                                   learn_labels=getattr(settings, "learn_labels", False))
+    theta, consts = synthetic.make(images0, labels0, dataset.num_classes, learn_labels=settings.learn_labels)
     state = meth.init(k_run, theta, consts)
     run = Run(spec, settings, dataset, meth, state, record, int(steps), int(seed), mesh, (images0, labels0, k_init),
               out=out, primary=jax.process_index() == 0)
@@ -132,9 +125,7 @@ def prepare(dataset="digits", method: str = "rat-bptt", ipc: int = 1, steps: int
 
 
 def _check_run_folder(out: str, resume: bool, overwrite: bool) -> None:
-    from jaxdd.checkpoint import latest_step_in
-
-    done = latest_step_in(rundir.path(out, rundir.CHECKPOINTS))
+    done = checkpoint.latest_step_in(rundir.path(out, rundir.CHECKPOINTS))
     if resume:
         require(done is not None or not rundir.holds_results(out),
                 f"--resume: {out} holds results ({', '.join(rundir.holds_results(out))}) but no checkpoint to "
@@ -150,8 +141,6 @@ def _check_run_folder(out: str, resume: bool, overwrite: bool) -> None:
 
 def _open_run_folder(run: Run, resume: bool) -> None:
     """Create the folder and the checkpoint manager; on resume, check settings and restore the state."""
-    import shutil
-
     rundir.make(run.out)
     if not resume and run.primary:
         shutil.rmtree(rundir.path(run.out, rundir.CHECKPOINTS), ignore_errors=True)
@@ -238,7 +227,7 @@ def loop(run: Run, *, progress=True) -> None:
                 row = dict(step=n + 1, **{k: float(v) for k, v in jax.device_get(m).items()},
                            seconds=round(time.perf_counter() - t0, 3))
                 if settings.eval_every and (n + 1) % settings.eval_every == 0 and n + 1 < run.steps:
-                    row["val_accuracy"] = evaluate_set(run, _finalize(run, state), split="val")["accuracy_mean"]
+                    row["val_accuracy"] = evaluate_set(run, finalize_arrays(run, state), split="val")["accuracy_mean"]
                 run.state = state
                 run.rows.append(row)
                 if run.out is not None and run.primary:
@@ -266,10 +255,9 @@ def loop(run: Run, *, progress=True) -> None:
     report.note(f"{done} steps done in {report.elapsed():.1f} s{first}")
 
 
-def _finalize(run: Run, state) -> dict:
-    from jaxdd.methods.base import default_finalize
-
-    return jax.device_get((run.method.finalize or default_finalize)(state))
+def finalize_arrays(run: Run, state) -> dict:
+    """The arrays of distilled.npz for `state` (the method's finalize, or the set's own), on the host."""
+    return jax.device_get((run.method.finalize or methods.default_finalize)(state))
 
 
 def finish(run: Run, *, final_eval: bool = True, progress=False) -> DistillResult:
@@ -277,7 +265,7 @@ def finish(run: Run, *, final_eval: bool = True, progress=False) -> DistillResul
     size under the method's protocol, and write the set again with both accuracies recorded. The set is on
     disk before the evaluation starts, so an interrupted evaluation loses nothing."""
     report = progress if isinstance(progress, Progress) else Progress(progress)
-    arrays = {k: np.asarray(v) for k, v in _finalize(run, run.state).items()}
+    arrays = {k: np.asarray(v) for k, v in finalize_arrays(run, run.state).items()}
     result = DistillResult(arrays["images"], arrays["labels"], float(arrays["lr"]) if "lr" in arrays else None,
                            run.record, run.rows, run.dataset, out=run.out, arrays=arrays)
     write = run.out is not None and run.primary
@@ -339,17 +327,11 @@ def _final_evaluation(run: Run, arrays: dict, result: DistillResult, report: Pro
 
 
 def evaluate_set(run: Run, arrays: dict, *, split: str, progress: bool = False) -> dict:
-    """Score a set (and, the same way, its baseline) under the method's protocol."""
-    from jaxdd.evaluation import evaluate
-
-    kwargs = dict(run.spec.evaluation(run.settings))
-    if "lr" in arrays and kwargs.get("use_learned_lr"):
-        kwargs["lr"] = float(arrays["lr"])
-    kwargs.pop("use_learned_lr", None)
-    if kwargs.get("select_augment") is not None and arrays.get("row_block") is not None:
-        kwargs["rows"] = np.asarray(arrays["row_block"]) == synthetic.FROZEN  # combined augmentation (SelMatch)
+    """Score a set (and, the same way, its baseline) under the method's protocol, with the lr learned with
+    it and its frozen (real) rows as the protocol wants them."""
     return evaluate(np.asarray(arrays["images"]), np.asarray(arrays["labels"]), run.dataset, split=split,
-                    seed=run.seed, mesh=run.mesh, progress=progress, **kwargs)
+                    seed=run.seed, mesh=run.mesh, progress=progress, learned_lr=arrays.get("lr"),
+                    rows=arrays.get("row_block"), **run.spec.evaluation(run.settings))
 
 
 def distill(dataset="digits", method: str = "rat-bptt", ipc: int = 1, steps: int | None = None, *,
@@ -372,7 +354,8 @@ def distill(dataset="digits", method: str = "rat-bptt", ipc: int = 1, steps: int
     report = Progress(progress)
     try:
         run = prepare(dataset, method, ipc, steps, out=out, seed=seed, resume=resume, overwrite=overwrite,
-                      settings=settings, published=published, mesh=mesh, cache_dir=cache_dir, **overrides)
+                      settings=settings, published=published, mesh=mesh, cache_dir=cache_dir, log=report.detail,
+                      **overrides)
     except KeyboardInterrupt as err:
         signum = getattr(err, "signum", signal.SIGINT)
         raise Interrupted(f"stopped by {signal_name(signum)} while starting, before any step: nothing new was "

@@ -1,5 +1,6 @@
 """User-facing errors, warnings and interruptions: one line that says what to change."""
 
+import numbers
 import signal
 import warnings
 
@@ -31,6 +32,12 @@ def require(condition: bool, message: str) -> None:
     """Raise JaxddError(message) unless `condition` holds."""
     if not condition:
         raise JaxddError(message)
+
+
+def require_count(name: str, value, flag: str) -> None:
+    """Raise JaxddError unless `value` is a positive integer (not a bool); the message names `flag`."""
+    require(isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1,
+            f"{name} must be a positive integer, got {value!r}: use {flag} N")
 
 
 def warn(message: str) -> None:

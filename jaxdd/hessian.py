@@ -16,6 +16,8 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from jaxdd.errors import require
+from jaxdd.inner import cross_entropy, default_grad_map, make_step
+from jaxdd.unroll import unroll
 
 __all__ = ["hvp", "lanczos", "low_rank_hessian", "low_rank_hvp", "low_rank_grad_map", "inner_loss",
            "window_meta_gradient", "tree_cosine", "low_rank_cosines"]
@@ -109,8 +111,6 @@ def low_rank_hvp(factors, u):
 
 def inner_loss(model, model_state, x, y) -> Callable[[Any], jax.Array]:
     """params -> mean cross-entropy of `model` on (x, y) in training mode: the inner loss ℓ."""
-    from jaxdd.inner import cross_entropy
-
     model = model.jvp_ready()  # HVPs take forward-mode derivatives of this function
     return lambda params: cross_entropy(model.apply(params, model_state, x, True)[0], y)
 
@@ -125,8 +125,6 @@ def low_rank_grad_map(model, factors):
     cotangent is dropped (batch-norm statistics are constants). factors = (λ [k], U [k, ...]) from
     `low_rank_hessian`, treated as constants.
     """
-    from jaxdd.inner import default_grad_map
-
     exact = default_grad_map(model)
     factors = jax.lax.stop_gradient(factors)
 
@@ -160,9 +158,6 @@ def window_meta_gradient(model, cfg, theta, consts, carry, xs, real_x, real_y, *
     """d L(θ_end; real) / d theta through `window` inner steps from `carry` (`jaxdd.unroll.unroll` of
     `jaxdd.inner.make_step(..., grad_map=grad_map)`, xs[t] the key of step carry.t + t), L the mean
     cross-entropy on (real_x, real_y). A reference for the low-rank backward, not the method's estimator."""
-    from jaxdd.inner import cross_entropy, make_step
-    from jaxdd.unroll import unroll
-
     step = make_step(model, cfg, consts, grad_map=grad_map)
 
     def outer(theta):

@@ -1,7 +1,8 @@
 """Initial synthetic sets: strategies by name (noise, real, means) or a file, class-major (row = class·IPC + j).
 
-A method that starts elsewhere (SelMatch's selection by difficulty scores) registers a strategy in
-`STRATEGIES`: fn(dataset, ipc, key, noise_scale) -> (images float32 [C·IPC, H, W, C], labels int32).
+`STRATEGIES` maps a name to fn(dataset, ipc, key, noise_scale) -> (images float32 [C·IPC, H, W, C], labels
+int32); room for more. A method that starts from a set of its own (SelMatch's selection by difficulty
+scores) replaces the initial set in its `init` instead.
 """
 
 from __future__ import annotations
@@ -9,13 +10,13 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from jaxdd import rundir
 from jaxdd.errors import require
+from jaxdd.evaluation import random_real
 
 
 def real(dataset, ipc: int, key, noise_scale: str = "real"):
     """Random real training images, `ipc` per class (seeded by `key`)."""
-    from jaxdd.evaluation import random_real
-
     seed = int(jax.random.randint(key, (), 0, 2**30))
     images, labels = random_real(dataset, ipc, seed=seed)  # also validates ipc against the class sizes
     return images.astype(np.float32), labels
@@ -36,8 +37,6 @@ def noise(dataset, ipc: int, key, noise_scale: str = "real"):
 
 def from_file(path: str, dataset, ipc: int):
     """The first `ipc` images per class of a distilled.npz (class-major), checked against `dataset`."""
-    from jaxdd import rundir
-
     saved = rundir.load_distilled(path)
     images, labels = np.asarray(saved["images"], np.float32), np.asarray(saved["labels"])
     hard = labels.argmax(-1) if labels.ndim == 2 else labels

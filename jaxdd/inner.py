@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxdd import synthetic
+from jaxdd.augment import get_augment
 from jaxdd.errors import require
 from jaxdd.models import Model
 from jaxdd.optim import inner_adam_direction
@@ -132,8 +133,6 @@ def make_step(model: Model, cfg: InnerConfig, consts, *, grad_map: GradMap | Non
     inner gradient with `grad_map` (replaceable, e.g. by AT-BPTT's low-rank custom_vjp) and applies
     ``-lr * direction``. The gradient norm is written to ``carry.grad_norms[carry.t]``.
     """
-    from jaxdd.augment import get_augment
-
     grad_map = grad_map or default_grad_map(model)
     aug = get_augment(cfg.augment)
     opt = direction(cfg)

@@ -5,13 +5,12 @@ Every model is used through `Model.init(key) -> (params, state)` and
 dicts of arrays (pytrees): that is what the unroll differentiates, vmaps over a population of
 networks, and checkpoints. `state` holds batch-norm statistics (empty for the other norms).
 
-Convolutions have several implementations with the same numbers (`CONV_IMPLS`): ``"xla"``
-(`lax.conv_general_dilated`, the right choice on GPU/TPU); ``"native"``, the same XLA convolution behind
-custom VJPs that keep every derivative order a forward-shaped convolution (XLA:CPU runs those with
-Eigen; the kernel-gradient convolutions of JAX's own VJP fall to a naive loop inside `scan` bodies,
-jax-ml/jax#12868); ``"shifted"`` (im2col: pad + k·k shifted slices + one matmul) and ``"taps"`` (k·k
-matmuls accumulated). ``"auto"`` picks ``"native"`` on CPU and ``"xla"`` elsewhere; measurements in
-benchmarks/RESULTS.md.
+Convolutions have two implementations with the same numbers (`CONVS`): ``"xla"``
+(`lax.conv_general_dilated`, the right choice on GPU/TPU) and ``"native"``, the same XLA convolution
+behind custom VJPs that keep every derivative order a forward-shaped convolution (XLA:CPU runs those
+with Eigen; the kernel-gradient convolutions of JAX's own VJP fall to a naive loop inside `scan`
+bodies, jax-ml/jax#12868). ``"auto"`` picks ``"native"`` on CPU and ``"xla"`` elsewhere; measurements
+in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -34,13 +33,9 @@ NORMS = ("instance", "batch", "none")
 MODELS = ("convnet", "convnet_bn", "convnet_nonorm", "resnet18", "mlp")
 
 
-CONV_IMPLS = ("xla", "native", "shifted", "taps")
-
-
 def resolve_conv_impl(conv: str) -> str:
     """Map ``"auto"`` to the convolution implementation suited to the default backend: "native" on CPU."""
-    require(conv == "auto" or conv in CONV_IMPLS,
-            f"unknown conv implementation '{conv}': use auto, {', '.join(CONV_IMPLS)}")
+    require(conv == "auto" or conv in CONVS, f"unknown conv implementation '{conv}': use auto, {', '.join(CONVS)}")
     if conv == "auto":
         return "native" if jax.default_backend() == "cpu" else "xla"
     return conv
@@ -48,36 +43,6 @@ def resolve_conv_impl(conv: str) -> str:
 
 def _pad_hw(x, padding):
     return jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0))) if padding else x
-
-
-def _tap(xp, i, j, stride, h_out, w_out):
-    """The input window of kernel tap (i, j): xp[:, i + stride·h, j + stride·w, :] for every output (h, w)."""
-    return xp[:, i : i + stride * (h_out - 1) + 1 : stride, j : j + stride * (w_out - 1) + 1 : stride, :]
-
-
-def _taps(x, kernel, stride, padding):
-    kh, kw = kernel.shape[:2]
-    xp = _pad_hw(x, padding)
-    h_out, w_out = (xp.shape[1] - kh) // stride + 1, (xp.shape[2] - kw) // stride + 1
-    return [[_tap(xp, i, j, stride, h_out, w_out) for j in range(kw)] for i in range(kh)]
-
-
-def _conv_shifted(x, kernel, stride, padding):
-    """im2col: the k·k shifted slices concatenated on channels (a k·k-wide tensor), then one matmul."""
-    kh, kw, cin, cout = kernel.shape
-    patches = [t for row in _taps(x, kernel, stride, padding) for t in row]
-    cols = jnp.concatenate(patches, axis=-1) if len(patches) > 1 else patches[0]
-    return cols @ kernel.reshape(kh * kw * cin, cout)
-
-
-def _conv_taps(x, kernel, stride, padding):
-    """Σ over the k·k taps of (shifted slice) @ kernel[i, j]: k·k matmuls accumulated, no wide tensor."""
-    y = None
-    for i, row in enumerate(_taps(x, kernel, stride, padding)):
-        for j, tap in enumerate(row):
-            t = tap @ kernel[i, j]
-            y = t if y is None else y + t
-    return y
 
 
 def _conv_xla(x, kernel, stride, padding):
@@ -115,7 +80,7 @@ def _conv_kgrad(x, dy, padding):
     Written as a forward-shaped convolution (batch = input channels, features = images, the output
     gradient as the kernel) between explicit transposes: XLA:CPU runs that form with Eigen, where the
     kernel-gradient form of JAX's own VJP (dim_labels f01b_i01o->01bf) falls to a naive loop inside
-    `scan` / `while` bodies, 40-70× slower (the jax-ml/jax#12868 pathology).
+    `scan` / `while` bodies (the jax-ml/jax#12868 pathology).
     """
     xp = _pad_hw(x, padding)
     out = jax.lax.conv_general_dilated(xp.transpose(3, 1, 2, 0), dy.transpose(1, 2, 0, 3), (1, 1), [(0, 0), (0, 0)],
@@ -146,12 +111,13 @@ def _conv_native(x, kernel, stride, padding):
     return _conv_xla(x, kernel, stride, padding)
 
 
-_CONVS = {"xla": _conv_xla, "native": _conv_native, "shifted": _conv_shifted, "taps": _conv_taps}
+#: Convolution implementations by name: fn(x, kernel, stride, padding) -> y (NHWC, HWIO). Tests may add one.
+CONVS = {"xla": _conv_xla, "native": _conv_native}
 
 
 def conv2d(x, kernel, *, stride: int = 1, padding: int = 0, impl: str = "xla"):
-    """2-D convolution, NHWC input, HWIO kernel, symmetric zero padding; `impl` one of CONV_IMPLS (same numbers)."""
-    return _CONVS[impl](x, kernel, stride, padding)
+    """2-D convolution, NHWC input, HWIO kernel, symmetric zero padding; `impl` a name in CONVS (same numbers)."""
+    return CONVS[impl](x, kernel, stride, padding)
 
 
 def _uniform(key, shape, bound):
@@ -297,6 +263,10 @@ def _max_depth(image_shape):
     return int(math.floor(math.log2(min(image_shape[:2]))))
 
 
+DEPTH_RULE = "pool while features keep >= 4x4 px: 32 px -> 3, 16-31 px -> 2, 8-15 px -> 1, 64 px -> 4"
+WIDTH_RULE = "ConvNet 128 on images >= 16 px, 32 on smaller ones; ResNet-18 64; MLP 128"
+
+
 def default_depth(image_shape) -> int:
     """ConvNet depth when none is given: pool while the feature map keeps at least 4×4 pixels, at least 1.
 
@@ -307,6 +277,28 @@ def default_depth(image_shape) -> int:
     while side // 2 ** (depth + 1) >= 4:
         depth += 1
     return max(1, depth)
+
+
+def default_width(name: str, image_shape) -> int:
+    """Width when none is given: a ConvNet gets 128 on images of 16 px or more (the field's 320k-parameter
+    ConvNet-3 on CIFAR) and 32 on smaller ones (8×8 digits, where 128 only costs time); ResNet-18 64; MLP 128."""
+    if name.startswith("convnet"):
+        return 128 if min(int(s) for s in image_shape[:2]) >= 16 else 32
+    return 64 if name == "resnet18" else 128
+
+
+def network_defaults(name: str, image_shape, width: int | None = None, depth: int | None = None) -> dict:
+    """The one place a network's unset width and depth are decided: ``{"width", "depth"}`` with None or 0
+    replaced by :func:`default_width` and (ConvNets) :func:`default_depth`; an MLP's depth defaults to 2,
+    ResNet-18 has no depth setting (None)."""
+    width = int(width) if width else default_width(name, image_shape)
+    if name.startswith("convnet"):
+        depth = int(depth) if depth else default_depth(image_shape)
+    elif name == "mlp":
+        depth = int(depth) if depth else 2
+    else:
+        depth = None
+    return {"width": width, "depth": depth}
 
 
 class BasicBlock(nnx.Module):
@@ -397,8 +389,7 @@ def make_model(name: str = "convnet", *, image_shape, num_classes, width: int | 
                conv: str = "auto", fused_norm: bool | None = None) -> Model:
     """Build a `Model` by name: convnet (norm instance|batch|none), convnet_bn, convnet_nonorm, resnet18, mlp.
 
-    Defaults: ConvNet width 128 and :func:`default_depth` (3 for 32×32: 320,010 parameters on CIFAR-10);
-    ResNet-18 width 64; MLP width 128, depth 2. conv: a CONV_IMPLS name or "auto" (`resolve_conv_impl`).
+    Unset width and depth: :func:`network_defaults`. conv: a name in CONVS or "auto" (`resolve_conv_impl`).
     fused_norm: instance norm through `instance_norm`'s custom VJP (None: with the "native" convolution,
     i.e. the CPU default); same numbers either way.
     """
@@ -415,16 +406,17 @@ def make_model(name: str = "convnet", *, image_shape, num_classes, width: int | 
     if name == "convnet":
         norm = norm or "instance"
         require(norm in NORMS, f"unknown norm '{norm}': use one of {', '.join(NORMS)}")
-        depth = depth or default_depth(image_shape)
-        kwargs = dict(width=width or 128, depth=depth, norm=norm, init=init, impl=impl, fused_norm=fused)
+        kwargs = dict(**network_defaults(name, image_shape, width, depth), norm=norm, init=init, impl=impl,
+                      fused_norm=fused)
         cls = ConvNet
     elif name == "resnet18":
         norm = norm or "batch"
         require(norm in NORMS, f"unknown norm '{norm}': use one of {', '.join(NORMS)}")
-        kwargs = dict(width=width or 64, norm=norm, init=init, impl=impl, fused_norm=fused)
+        kwargs = dict(width=network_defaults(name, image_shape, width)["width"], norm=norm, init=init, impl=impl,
+                      fused_norm=fused)
         cls = ResNet18
     else:
-        kwargs = dict(width=width or 128, depth=depth or 2, init=init)
+        kwargs = dict(**network_defaults(name, image_shape, width, depth), init=init)
         cls = MLP
 
     def build(key):

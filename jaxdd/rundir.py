@@ -18,6 +18,7 @@ import zipfile
 import numpy as np
 
 from jaxdd.errors import JaxddError, require
+from jaxdd.viz import accuracy_by_size, image_grid, learning_curve
 
 SETTINGS, METRICS, DISTILLED, GRID, CURVES = "settings.json", "metrics.jsonl", "distilled.npz", "grid.png", "curves.png"
 REPORT, REPORT_PLOT, CHECKPOINTS = "report.json", "report.png", "checkpoints"
@@ -100,8 +101,6 @@ def append_metrics(out: str, row: dict) -> None:
 
 def write_distilled(out: str, arrays: dict, record: dict, class_names, preprocessing=None) -> None:
     """DIR/distilled.npz (arrays + the record as JSON + class names) and DIR/grid.png."""
-    from jaxdd.viz import image_grid
-
     payload = dict(arrays, settings=json.dumps(record), class_names=np.asarray(class_names))
     tmp = path(out, DISTILLED + ".tmp.npz")
     np.savez(tmp, **payload)
@@ -125,8 +124,6 @@ def recorded_scores(out: str, images) -> dict:
 
 def write_curves(out: str, rows: list[dict], keys=CURVE_KEYS) -> None:
     """DIR/curves.png from the metrics rows."""
-    from jaxdd.viz import learning_curve
-
     learning_curve(rows, path(out, CURVES), keys=keys)
 
 
@@ -135,8 +132,6 @@ def write_report(out: str, report: dict) -> None:
     _atomic_write(path(out, REPORT), json.dumps(report, indent=1))
     table = report.get("prefix_table")
     if table:
-        from jaxdd.viz import accuracy_by_size
-
         accuracy_by_size(table, path(out, REPORT_PLOT))
 
 

@@ -2,7 +2,7 @@
 
 docs/methods/experts.md describes them. Three kinds:
 
-* ``forgetting``: forgetting events counted while the experts train (jaxdd/experts.py writes
+* ``forgetting``: forgetting events counted while the experts train (jaxdd/experts/ writes
   ``forgetting.npz`` next to them), summed over experts; never-learned examples count the maximum.
 * ``el2n``: ‖softmax(f(x)) − onehot(y)‖₂ averaged over a few briefly trained networks (vmapped),
   :func:`el2n_scores`.
@@ -17,7 +17,6 @@ and refuses one whose length or labels do not match the data set's training spli
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 from pathlib import Path
@@ -26,11 +25,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdd import evaluation, xla_options
-from jaxdd.errors import require
+from jaxdd import evaluation
+from jaxdd import models as models_lib
+from jaxdd import training, xla_options
+from jaxdd.errors import require, require_count
+from jaxdd.rundir import read_npz
 
 __all__ = ["KINDS", "FORGETTING_FILE", "save_scores", "read_score_file", "load_scores", "el2n_from_logits",
-           "el2n_scores", "cscore_to_difficulty", "add_parser"]
+           "el2n_scores", "cscore_to_difficulty"]
 
 KINDS = ("forgetting", "el2n", "cscore")
 FORGETTING_FILE = "forgetting.npz"
@@ -56,8 +58,6 @@ def _read(path) -> tuple[np.ndarray, np.ndarray, str | None, bool]:
     """(scores, labels, stored kind or None, whether the scores are already "higher = harder")."""
     path = Path(path)
     require(path.is_file(), f"no score file {path}: give an npz with 'scores' and 'labels' (or an experts folder)")
-    from jaxdd.rundir import read_npz
-
     arrays = read_npz(path, ("scores", "labels"), give="an npz with 'scores' and 'labels'",
                       save="scores [N] and labels [N]")
     scores, labels = np.asarray(arrays["scores"]), np.asarray(arrays["labels"])
@@ -142,86 +142,24 @@ def el2n_scores(dataset, *, num_models: int = 4, epochs: int = 20, model: str = 
     """EL2N of every training image: float32 [N_train], higher = harder.
 
     ``num_models`` networks (vmapped; seeds from ``seed``) train ``epochs · ⌈N / batch_size⌉`` SGD
-    steps (momentum, random minibatches, no augmentation) with jaxdd.evaluation's trainer; the score
+    steps (momentum, random minibatches, no augmentation) with jaxdd.training's trainer; the score
     is their mean ‖softmax − onehot‖₂ on the un-augmented image. 20 epochs is the paper's "early"
     point on CIFAR (of 200); a small set such as digits (6 steps an epoch at batch 256) needs a
     smaller batch or more epochs before the scores separate examples.
     """
-    evaluation._check_positive("num_models", num_models, "--models")
-    evaluation._check_positive("epochs", epochs, "--epochs")
-    evaluation._check_positive("batch_size", batch_size, "--batch-size")
-    if width is None and model.startswith("convnet"):
-        width = evaluation.model_defaults(dataset)["width"]
-    net = evaluation._cached_model(model, tuple(dataset.image_shape), int(dataset.num_classes), width, depth, norm)
+    require_count("num_models", num_models, "--models")
+    require_count("epochs", epochs, "--epochs")
+    require_count("batch_size", batch_size, "--batch-size")
+    net = training.network(model, dataset.image_shape, dataset.num_classes,
+                           **models_lib.network_defaults(model, dataset.image_shape, width, depth), norm=norm)
     images, labels = evaluation.full_data(dataset)
     images, targets = evaluation.check_set(images, labels, dataset, net)
-    init, run = evaluation._trainer(net, "sgd", float(momentum), 0.0, int(batch_size), "none", None, 0.1)
+    init, run = training.trainer(net, "sgd", float(momentum), 0.0, int(batch_size), "none", None, 0.1)
     keys = jax.random.split(jax.random.key(seed), num_models)
     total = int(epochs) * math.ceil(len(images) / batch_size)
     unused = jnp.zeros((1, 1), jnp.int32), jnp.ones((1,), jnp.int32), jnp.zeros(len(images), bool)  # uniform batches
     params, state, _ = run(init(keys), keys, jnp.asarray(images), jnp.asarray(targets), *unused, jnp.int32(0),
                            jnp.int32(total), jnp.float32(lr), jnp.int32(total))
-    xs, ys, _ = evaluation._chunks(images, labels, evaluation.EVAL_CHUNK)
+    xs, ys, _ = training.chunks(images, labels, training.EVAL_CHUNK)
     scores = _el2n_scorer(net)(params, state, jnp.asarray(xs), jnp.asarray(ys))
     return np.asarray(scores, np.float32).reshape(-1)[: len(images)]
-
-
-# ----------------------------------------------------------------------------------------------
-# command line
-
-SCORES_EPILOG = """\
-examples:
-  jaxdd scores --dataset digits --kind forgetting --from runs/experts-digits --out runs/forgetting.npz
-  jaxdd scores --dataset digits --kind el2n --out runs/el2n.npz --batch-size 32 --lr 0.05 --epochs 10
-  jaxdd scores --dataset /data/cifar10-jpeg.tar.xz --kind cscore --from cifar10-cscores-orig-order.npz --out c.npz
-
-The output npz holds 'scores' (higher = harder), 'labels' (the training labels, checked against the
-data set) and 'kind'. C-score files (low = hard) are converted to 1 - C.
-"""
-
-
-def add_parser(subparsers):
-    """The ``jaxdd scores`` subcommand."""
-    import argparse
-
-    from jaxdd.cli import _positive_float, _positive_int, add_data_arguments
-
-    p = subparsers.add_parser("scores", help="difficulty scores of the training images (forgetting, EL2N, C-score)",
-                              description=__doc__.split("\n")[0], epilog=SCORES_EPILOG,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_data_arguments(p)
-    g = p.add_argument_group("scores")
-    g.add_argument("--kind", required=True, choices=KINDS, help="which score")
-    g.add_argument("--from", dest="source", default=None, metavar="PATH",
-                   help="forgetting: the experts folder (or its forgetting.npz); cscore: the C-score npz")
-    g.add_argument("--out", required=True, metavar="FILE", help="where to write the scores (.npz)")
-    g.add_argument("--models", type=_positive_int, default=4, metavar="K", help="el2n: networks averaged (default 4)")
-    g.add_argument("--epochs", type=_positive_int, default=20, metavar="E", help="el2n: training epochs (default 20)")
-    g.add_argument("--batch-size", type=_positive_int, default=256, metavar="N", help="el2n: minibatch (default 256)")
-    g.add_argument("--lr", type=_positive_float, default=0.01, metavar="LR", help="el2n: SGD lr, momentum 0.9")
-    g.add_argument("--width", type=_positive_int, default=None, metavar="N", help="el2n: network width")
-    g.add_argument("--seed", type=int, default=0, help="el2n: seed of the networks")
-    g.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout")
-    p.set_defaults(func=cmd_scores)
-    return p
-
-
-def cmd_scores(args) -> int:
-    from jaxdd import data
-
-    require(args.kind == "el2n" or args.source, f"--kind {args.kind} needs --from PATH")
-    require(args.kind != "el2n" or not args.source, "--kind el2n computes the scores: drop --from")
-    dataset = data.load(args.dataset, normalize=args.normalize or "standardize", cache_dir=args.cache_dir)
-    if args.kind == "el2n":
-        scores = el2n_scores(dataset, num_models=args.models, epochs=args.epochs, width=args.width,
-                             batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    else:
-        scores = load_scores(args.source, dataset, kind=args.kind)
-    save_scores(args.out, scores, dataset.y_train, args.kind)
-    summary = dict(out=args.out, kind=args.kind, num_scores=int(scores.size), min=float(scores.min()),
-                   max=float(scores.max()), mean=float(scores.mean()))
-    print(f"{args.kind} scores of {scores.size} training images of {args.dataset} (higher = harder; min "
-          f"{summary['min']:.4g}, mean {summary['mean']:.4g}, max {summary['max']:.4g}) written to {args.out}")
-    if args.json:
-        print(json.dumps(summary, sort_keys=True))
-    return 0

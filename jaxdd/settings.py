@@ -11,8 +11,10 @@ import math
 import os
 
 from jaxdd.errors import require
+from jaxdd.models import DEPTH_RULE
 
 INITS = ("noise", "real", "means")
+LABEL_LR_HELP = "outer learning rate of learned labels, with the images' outer optimizer (0: --outer-lr)"
 NORMALIZE = ("standardize", "zca", "zca-mtt", "none")
 
 
@@ -32,11 +34,12 @@ class CommonSettings:
     noise_scale: str = setting("real", "noise init: each image scaled to the real images' mean L2 norm (real) "
                                        "or to unit L2 norm (unit, as RaT-BPTT's authors on ZCA data)")
     outer_lr: float = setting(1e-3, "outer learning rate on the synthetic images")
+    learn_labels: bool = setting(False, "learn soft labels (kept non-negative) besides the images")
+    label_lr: float = setting(0.0, LABEL_LR_HELP)
     # the network
     model: str = setting("convnet", "network: convnet | convnet_bn | convnet_nonorm | mlp | resnet18")
     width: int = setting(128, "network width (channels)")
-    depth: int = setting(0, "network depth (0: pool while features keep >= 4x4 px: 32 px -> 3, 16-31 px -> 2, "
-                                    "8-15 px -> 1, 64 px -> 4)")
+    depth: int = setting(0, f"network depth (0: {DEPTH_RULE})")
     norm: str = setting("instance", "ConvNet normalisation: instance | batch | none")
     # data and driver
     normalize: str = setting("standardize", "pixel preprocessing: standardize | zca | zca-mtt | none")
@@ -68,6 +71,10 @@ class CommonSettings:
         require(self.eval_models >= 1, "--eval-models must be at least 1")
         require(self.checkpoint_every >= 1, "--checkpoint-every must be at least 1")
         return self
+
+    def labels_lr(self) -> float:
+        """The outer learning rate of learned labels: label_lr, or outer_lr when it is 0."""
+        return self.label_lr or self.outer_lr
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)

@@ -26,10 +26,6 @@ def block_name(index: int) -> str:
     return f"b{index:03d}"
 
 
-def block_index(name: str) -> int:
-    return int(name[1:])
-
-
 def make(images, labels, num_classes: int, *, row_block=None, learn_labels: bool = False, lr=None):
     """(theta, consts) of a class-major set. row_block: int [N], −1 = frozen, b >= 0 = learned block b
     (default: one learned block). labels: int [N] or soft [N, C]. lr: a learnable inner lr (or None)."""

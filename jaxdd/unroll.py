@@ -22,6 +22,8 @@ REMAT_POLICIES = {
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     "everything": jax.checkpoint_policies.everything_saveable,
 }
+#: The remat settings every method accepts: a policy, or "none" (no rematerialisation).
+REMAT_NAMES = tuple(REMAT_POLICIES) + ("none",)
 
 
 def slice_steps(xs, start, length: int):
@@ -42,7 +44,7 @@ def run_prefix(step: Step, carry: Carry, theta, xs, prefix) -> Carry:
 def _checkpointed(step: Step, remat: bool | str) -> Step:
     if remat is True:
         remat = "full"
-    if not remat:
+    if not remat or remat == "none":
         return step
     if remat not in REMAT_POLICIES:
         raise ValueError(f"unknown remat policy '{remat}': use one of {', '.join(REMAT_POLICIES)}")
@@ -53,7 +55,7 @@ def run_window(step: Step, carry: Carry, theta, xs, *, start=0, window: int, rem
                length=None) -> Carry:
     """Run `window` (static) differentiable steps from step index `start`, rematerialising each step.
 
-    remat: True (same as "full"), False, or a key of `REMAT_POLICIES`. length: None, or a (traced)
+    remat: True (same as "full"), False (same as "none"), or a name in `REMAT_NAMES`. length: None, or a (traced)
     number of steps ``<= window`` to run: the scan keeps its static length `window` and its first
     ``window - length`` steps are identities (the masked window), so every length shares one compile;
     the active steps use slices ``start .. start + length - 1`` of `xs`.
@@ -107,14 +109,3 @@ def unroll(step: Step, carry: Carry, theta, xs, *, prefix=0, window: int, remat:
     """
     carry = run_prefix(step, carry, theta, xs, prefix)
     return run_window(step, carry, theta, xs, start=prefix, window=window, remat=remat, length=length)
-
-
-def python_unroll(step: Step, carry: Carry, theta, xs, *, prefix=0, window: int) -> Carry:
-    """Reference unroll with a Python loop (for tests): same semantics as `unroll`, no remat."""
-    carry = jax.lax.stop_gradient(carry)
-    theta_c = jax.lax.stop_gradient(theta)
-    for t in range(int(prefix)):
-        carry = step(carry, theta_c, jax.tree.map(lambda a: a[t], xs))
-    for t in range(int(prefix), int(prefix) + window):
-        carry = step(carry, theta, jax.tree.map(lambda a: a[t], xs))
-    return carry

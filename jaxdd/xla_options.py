@@ -11,8 +11,7 @@
   JAX starts its backend (the CLI does, first thing): the size of XLA's CPU thread pool (``NPROC``,
   read by XLA when the CPU client is created; default = all cores) and glibc malloc without
   mmap for large blocks, so that XLA's per-step buffers of tens of MB are reused from the heap
-  instead of being mapped and page-faulted anew at every execution (kernel time was 12-15 % of a
-  CPU meta-step).
+  instead of being mapped and page-faulted anew at every execution.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import numpy as np
 from jaxdd.data.dataset import Dataset
 from jaxdd.data.digits import DIGITS_SPLIT_SEED, DIGITS_TEST_FRACTION, load_digits_raw
 from jaxdd.data.folder import cache_path, default_cache_dir, load_folder_raw, looks_like_path
+from jaxdd.data.tfds_source import load_tfds_raw
 from jaxdd.data.preprocess import (
     NORMALIZATIONS,
     ZCA_VARIANTS,
@@ -61,8 +62,6 @@ def load_raw(
         x_train, y_train, x_test, y_test, names = load_digits_raw()
         return Dataset("digits", x_train, y_train, x_test, y_test, len(names), names)
     if source.startswith("tfds:"):
-        from jaxdd.data.tfds_source import load_tfds_raw
-
         raw = load_tfds_raw(source[len("tfds:"):].strip(), data_dir=tfds_data_dir)
     elif os.path.exists(os.path.expanduser(source)) or looks_like_path(source):
         raw = load_folder_raw(source, cache_dir=cache_dir)

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxdd.errors import JaxddError, require
+
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
@@ -49,8 +51,6 @@ class Dataset:
         Seeded by ``seed`` (numpy Generator); every class keeps at least one example; both index
         arrays are sorted, so the original order is preserved within each part.
         """
-        from jaxdd.errors import require
-
         require(
             isinstance(fraction, (int, float)) and 0.0 < float(fraction) < 1.0,
             f"val_fraction must be a number in (0, 1), got {fraction!r}",
@@ -88,8 +88,6 @@ class Dataset:
 
     def validate(self, check_finite: bool = True) -> "Dataset":
         """Check shapes, finiteness (unless check_finite=False) and labels; raise JaxddError or return self."""
-        from jaxdd.errors import JaxddError, require
-
         require(self.num_classes >= 1, f"data set {self.name!r} has no classes")
         require(
             len(self.class_names) == self.num_classes,

@@ -4,8 +4,8 @@
     jaxdd.methods.register(MethodSpec(...))    (a method of your own; see README "Adding a method")
 """
 
-from jaxdd.methods.base import (Context, DistillState, Method, MethodSpec, available, get, register,  # noqa: F401
-                                unregister)
+from jaxdd.methods.base import (Context, DistillState, Method, MethodSpec, Presets, available,  # noqa: F401
+                                default_finalize, get, register, unregister)
 from jaxdd.methods import bptt  # noqa: F401,E402  (registers bptt, tbptt, rat-bptt)
 from jaxdd.methods import boost  # noqa: F401,E402
 from jaxdd.methods import matching  # noqa: F401,E402

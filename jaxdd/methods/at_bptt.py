@@ -7,15 +7,15 @@ anyway (no probe run), and a window W* ∈ [W − d, W + d] from the gradient va
 step, run through the masked window (one compilation for every W*). With `--lowrank K`, the window's
 backward multiplies by a rank-K Hessian H ≈ U diag(λ) Uᵀ (Lanczos on HVPs) instead of exact
 second derivatives with respect to the parameters, the factors taken as constants: by default each
-network's own at its window start (cosine to the exact meta-gradient 0.91-0.94 at K 8-32 on digits
-w32, benchmarks/at_bptt_cosine.py); `--lowrank-source shared` keeps one set refreshed every
-`--lowrank-every` outer steps or on drift of the gradient table (cheaper, and measured no better
-than no Hessian at all when the factors come from another network).
+network's own at its window start; `--lowrank-source shared` keeps one set refreshed every
+`--lowrank-every` outer steps or on drift of the gradient table (cheaper). How close either comes to
+the exact meta-gradient: docs/methods/at_bptt.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -74,13 +74,13 @@ def own_factors(model, rank: int):
 def build(ctx):
     s, model = ctx.settings, ctx.model
     schedule = autotrunc.at_schedule(
-        s.unroll_steps, s.window, s.delta, tau=s.tau, steps_per_pass=ctx.steps_per_pass, stage_mode=s.stage_mode,
+        s.unroll_steps, s.window, s.delta, tau=s.tau, steps_per_pass=bptt.steps_per_pass(s, ctx.dataset), stage_mode=s.stage_mode,
         window_mode=s.window_mode, ema=s.stats_ema, anneal_steps=max(1, ctx.steps) if s.stage_mode == "smooth" else None)
     if not s.lowrank:
         return bptt.build(ctx, schedule, schedule_metrics=autotrunc.schedule_metrics)
 
-    params_like, state_like = model.init(jax.random.key(0))
-    dim = sum(a.size for a in jax.tree.leaves(params_like))
+    params_like = jax.eval_shape(model.init, jax.random.key(0))[0]
+    dim = sum(math.prod(a.shape) for a in jax.tree.leaves(params_like))
     require(s.lowrank <= dim, f"--lowrank {s.lowrank} is larger than the network's {dim} parameters")
 
     if s.lowrank_source == "window":
@@ -129,22 +129,13 @@ def build(ctx):
     return base._replace(step=step)
 
 
-# The authors' (W, T, d) per data set; the rest as RaT-BPTT's published presets.
+# The authors' (W, T, d) per data set; the rest as RaT-BPTT's published presets. CPU presets: d = 3.
 AUTHORS = {"cifar10": (40, 200, 10), "cifar100": (100, 300, 20), "tiny_imagenet": (100, 300, 30)}
-
-
-def presets(dataset_key: str, ipc: int, published: bool) -> dict:
-    values = bptt.presets(dataset_key, ipc, published)
-    if published:
-        w, t, d = AUTHORS[dataset_key]
-        values.update(window=w, unroll_steps=t, delta=d, schedule="")
-    else:
-        values.update(delta=3)  # CPU presets: W 10 ± 3 of T 40
-    return values
-
+PUBLISHED = {key: dict(values, window=AUTHORS[key[0]][0], unroll_steps=AUTHORS[key[0]][1], delta=AUTHORS[key[0]][2],
+                       schedule="")
+             for key, values in bptt.preset_table().published.items()}
+PRESETS = bptt.preset_table(published=PUBLISHED, source="RaT-BPTT's scripts", cpu_extra=dict(delta=3))
 
 register(MethodSpec(
     name="at-bptt", summary="AT-BPTT: window placed and sized from gradient statistics; optional low-rank backward",
-    settings=ATSettings, build=build, presets=presets, evaluation=bptt.evaluation,
-    # no budget in the AT-BPTT scripts we know of: RaT-BPTT's (the pipeline it builds on)
-    default_steps=bptt.default_steps, published_help=bptt.published_help(source="RaT-BPTT's scripts")))
+    settings=ATSettings, build=build, presets=PRESETS, evaluation=bptt.evaluation))

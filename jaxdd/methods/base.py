@@ -8,7 +8,7 @@ a `method=` of `jaxdd.distill`, and has its presets and settings type looked up 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -71,19 +71,40 @@ class Context:
     seed: int = 0
     mesh: Any = None
     cache_dir: Any = None
+    log: Callable[[str], None] = lambda text: None  # progress messages (the driver's progress lines)
 
     @property
     def num_classes(self) -> int:
         return int(self.dataset.num_classes)
 
-    @property
-    def steps_per_pass(self) -> int:
-        batch = getattr(self.settings, "real_batch", 0) or len(self.dataset.x_train)
-        return max(1, len(self.dataset.x_train) // batch)
+
+@dataclasses.dataclass(frozen=True)
+class Presets:
+    """A method's presets, as data (jaxdd/presets.py looks them up; docs/methods/*.md give the reasons).
+
+    cpu: CPU preset name ("digits", or "images32" for any other small image set; ``presets.cpu_preset``)
+    -> setting values, on top of the values every method shares there (``presets.COMMON``).
+    cpu_at_ipc: (CPU preset name, IPC) -> values on top of those. cpu_steps: CPU preset name ->
+    meta-steps without --steps. published: (data set key, IPC) -> the paper's values (``--published``);
+    not_authors: the keys among them that are not in the authors' scripts (values from the paper's
+    ranges). published_steps: meta-steps of a published run, a number or a function of (data set key,
+    the row's values). source: where the published values come from; budget: one sentence on how
+    long a published run lasts, for --help.
+    """
+
+    cpu: Mapping[str, dict] = dataclasses.field(default_factory=dict)
+    cpu_at_ipc: Mapping[tuple[str, int], dict] = dataclasses.field(default_factory=dict)
+    cpu_steps: Mapping[str, int] = dataclasses.field(default_factory=lambda: {"digits": 200, "images32": 200})
+    published: Mapping[tuple[str, int], dict] = dataclasses.field(default_factory=dict)
+    not_authors: frozenset = frozenset()
+    published_steps: int | Callable[[str, dict], int] = 0
+    source: str = "the authors' scripts"
+    budget: str = ""
 
 
-def no_presets(dataset_key: str, ipc: int, published: bool) -> dict:
-    return {}
+def same_ipc(settings, facts, ipc: int) -> int:
+    """The default IPC rule: the --ipc given."""
+    return ipc
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,23 +112,22 @@ class MethodSpec:
     """A registered method.
 
     name: the `--method` value. summary: one line for help texts. settings: a frozen dataclass that
-    extends `CommonSettings`. build(ctx) -> Method. presets(dataset_key, ipc, published) -> dict of
-    setting values (only fields of `settings` are applied; published=True must name the paper's
-    values or raise JaxddError). evaluation(settings) -> keyword arguments of `jaxdd.evaluate` (the
-    protocol the set is scored with, stored in distilled.npz). resolve(settings) -> settings: the
-    method's own rules (e.g. W = T for bptt), applied after every override, once. validate(settings,
-    ipc) raises one-line errors.
+    extends `CommonSettings`. build(ctx) -> Method. presets: its :class:`Presets` table.
+    evaluation(settings) -> keyword arguments of `jaxdd.evaluate` (the protocol the set is scored
+    with, stored in distilled.npz). resolve(settings) -> settings: the method's own rules (e.g. W = T
+    wherever the schedule is full), applied after every override, once; an option the user gave that
+    a rule changes is refused (jaxdd/presets.py). ipc(settings, facts, ipc) -> the run's IPC from
+    the data set's facts (SelMatch's --ratio); default: the --ipc given.
     """
 
     name: str
     summary: str
     settings: type = CommonSettings
     build: Callable[[Context], Method] = None
-    presets: Callable[[str, int, bool], dict] = no_presets
     evaluation: Callable[[Any], dict] = lambda settings: {}
+    presets: Presets = Presets()
     resolve: Callable[[Any], Any] = lambda settings: settings
-    default_steps: Callable[[str, int, bool], int] = lambda dataset_key, ipc, published: 200
-    published_help: str = ""  # which --published presets exist, which are not the authors', their budget
+    ipc: Callable[[Any, Any, int], int] = same_ipc
 
 
 _REGISTRY: dict[str, MethodSpec] = {}

@@ -16,6 +16,7 @@ import numpy as np
 
 from jaxdd import synthetic, truncation
 from jaxdd.errors import require
+from jaxdd.evaluation import prefix_ipc
 from jaxdd.initial import initial_set, means_beside
 from jaxdd.methods import bptt
 from jaxdd.methods.base import MethodSpec, register
@@ -37,7 +38,8 @@ class BoostSettings(bptt.BPTTSettings):
 
     def validate(self, ipc: int) -> "BoostSettings":
         super().validate(ipc)
-        require(self.block >= 1 and ipc % self.block == 0,
+        require(self.block >= 1, f"--block must be at least 1 (images per class per block), got {self.block}")
+        require(ipc % self.block == 0,
                 f"--ipc {ipc} must be a multiple of --block {self.block}: e.g. --ipc {self.block * max(1, ipc // self.block)}")
         require(0 <= self.beta <= 1, f"--beta must lie in [0, 1], got {self.beta}")
         require(self.inner_method in INNER_METHODS,
@@ -64,14 +66,7 @@ def carry_over(old, new):
     return jax.tree_util.tree_map_with_path(pick, new)
 
 
-# How a fresh block starts. auto: as --init says (noise, real or means); a distilled.npz or another strategy has no
-# further rows, so noise. `means` runs: k-means centroids beside the blocks so far (initial.means_beside), chosen
-# on the validation split of digits against random real images (the former choice; plain class means would repeat
-# block 1's start), benchmarks/results/sweep_boost.jsonl, val accuracy real / means: `benchmarks/sweep.py --dataset
-# digits --method boost --ipc 4 --steps 400 --eval-every 400 --seed S --config '{"block": 2, "fresh_init": "real"}'
-# --config '{"block": 2, "fresh_init": "means"}'`: 92.61 / 94.01, 91.90 / 93.13, 97.54 / 98.24 % (seeds 0 / 1 / 2);
-# IPC 10, 1000 steps, seed 0: 95.60 / 95.95 %; the prefixes of IPC 6 runs (`benchmarks/boost_prefix_val.py`, mean
-# of seeds 0-2) at IPC 2 / 4 / 6: 94.25 / 94.84 / 95.60 against 94.19 / 95.83 / 96.36 %.
+# How a fresh block starts; auto: as --init says (docs/methods/boost.md, "Fresh blocks").
 FRESH_INITS = ("auto", "noise", "real", "means")
 
 
@@ -79,20 +74,12 @@ def build(ctx):
     s, C = ctx.settings, ctx.num_classes
     num_blocks = ctx.ipc // s.block
     per_block = s.block_steps or max(1, ctx.steps // num_blocks)
-    settings = s.replace(window=s.unroll_steps) if s.inner_method == "bptt" else s
 
     def rates(theta):
         newest = max(theta["images"])
         return {b: 1.0 if b == newest else s.beta for b in theta["images"]}
 
-    base = bptt.build(dataclasses.replace(ctx, settings=settings),
-                      bptt.schedule_for(settings, INNER_METHODS[s.inner_method]), block_rates=rates)
-
-    def optimizer(theta):
-        from jaxdd import outer
-
-        return outer.outer_optimizer(theta, lr=s.outer_lr, lr_labels=s.label_lr or None, clip=s.clip,
-                                     block_rates=rates(theta))
+    base = bptt.build(ctx, bptt.schedule_for(s, INNER_METHODS[s.inner_method]), block_rates=rates)
 
     def init(key, theta, consts):
         """Start with block 1 only: the first B images per class of the initial set."""
@@ -128,13 +115,11 @@ def build(ctx):
             new_labels = soft.reshape(-1, C)
         theta, consts = synthetic.make(new_images.reshape((-1,) + images.shape[1:]), new_labels, C,
                                        row_block=block_rows(C, want, s.block), learn_labels=s.learn_labels)
-        opt_state = carry_over(state.opt_state, optimizer(theta).init(theta))
+        opt_state = carry_over(state.opt_state, bptt.outer_optimizer(s, theta, rates).init(theta))
         return dataclasses.replace(state, theta=theta, consts=consts, opt_state=opt_state)
 
     def report(arrays, score):
         """Test accuracy of every prefix of blocks beside random real images of the same size."""
-        from jaxdd.evaluation import prefix_ipc
-
         rows = []
         for j in range(1, num_blocks + 1):
             k = j * s.block
@@ -143,8 +128,8 @@ def build(ctx):
             d, b = score(images, labels), score(real, real_labels)
             rows.append(dict(ipc=k, blocks=j, distilled_mean=d["accuracy_mean"], distilled_std=d["accuracy_std"],
                              random_real_mean=b["accuracy_mean"], random_real_std=b["accuracy_std"]))
-            print(f"boost prefix IPC {k} ({j} block{'s' * (j > 1)}): distilled {100 * d['accuracy_mean']:.2f} "
-                  f"± {100 * d['accuracy_std']:.2f} %, random real {100 * b['accuracy_mean']:.2f} %", flush=True)
+            ctx.log(f"boost prefix IPC {k} ({j} block{'s' * (j > 1)}): distilled {100 * d['accuracy_mean']:.2f} "
+                    f"± {100 * d['accuracy_std']:.2f} %, random real {100 * b['accuracy_mean']:.2f} %")
         return {"prefix_table": rows}
 
     return base._replace(init=init, grow=grow, report=report)
@@ -152,6 +137,5 @@ def build(ctx):
 
 register(MethodSpec(
     name="boost", summary="Boost-DD: blocks of B images per class added one at a time; every prefix is a good set",
-    settings=BoostSettings, build=build, presets=bptt.presets, evaluation=bptt.evaluation,
-    default_steps=lambda key, ipc, published: (1 if published else 2) * bptt.default_steps(key, ipc, published),
-    published_help=bptt.published_help()))
+    settings=BoostSettings, build=build, presets=bptt.preset_table(steps_factor=2), evaluation=bptt.evaluation,
+    resolve=lambda s: bptt.full_window(s, INNER_METHODS[s.inner_method])))

@@ -16,11 +16,11 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from jaxdd import inner, outer, synthetic
+from jaxdd import experts, inner, outer, synthetic
 from jaxdd.errors import require
-from jaxdd.methods.base import Method, MethodSpec, new_state, register
-from jaxdd.settings import CommonSettings, setting
-from jaxdd.unroll import run_window
+from jaxdd.methods.base import Method, MethodSpec, Presets, new_state, register
+from jaxdd.settings import LABEL_LR_HELP, CommonSettings, setting
+from jaxdd.unroll import REMAT_NAMES, run_window
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,14 +36,13 @@ class MatchingSettings(CommonSettings):
     soft_labels: str = setting("", "DATM: '' hard labels | expert: soft targets softmax(logits / --label-temp) of "
                                    "the first expert's last snapshot on the initial images")
     label_temp: float = setting(1.0, "temperature of the expert soft labels")
-    learn_labels: bool = setting(False, "learn the labels (kept non-negative) besides the images")
-    label_lr: float = setting(2.0, "SGD rate of learned labels")
+    label_lr: float = setting(2.0, LABEL_LR_HELP)
     lr_lr: float = setting(1e-5, "SGD rate of the learnable inner lr")
     syn_lr: float = setting(0.01, "initial value of the learnable inner lr")
     momentum: float = setting(0.5, "momentum of the outer SGD (images and lr)")
     batch_syn: int = setting(0, "synthetic images per inner step, class-balanced (0: the whole set)")
     augment: str = setting("dsa", "augmentation of the synthetic inner batches (per-sample DSA)")
-    remat: str = setting("full", "rematerialisation of the inner step: full | dots | none")
+    remat: str = setting("full", "rematerialisation of the inner step: " + " | ".join(REMAT_NAMES))
     experts: str = setting("", "folder of expert trajectories ('': train them, cached by data set and settings)")
     num_experts: int = setting(5, "experts to train when --experts is not given")
     expert_train_epochs: int = setting(15, "epochs of each expert when they are trained here")
@@ -59,11 +58,11 @@ class MatchingSettings(CommonSettings):
         require(0 <= self.min_start_epoch < self.max_start_epoch,
                 f"--min-start-epoch {self.min_start_epoch} must be below --max-start-epoch {self.max_start_epoch}")
         require(self.syn_lr > 0 and self.lr_lr >= 0, "--syn-lr must be positive and --lr-lr non-negative")
-        require(self.remat in ("full", "dots", "none"), f"unknown --remat '{self.remat}': use full, dots or none")
+        require(self.remat in REMAT_NAMES, f"unknown --remat '{self.remat}': use {', '.join(REMAT_NAMES)}")
         require(self.expert_dtype in ("float32", "float16", "bfloat16"),
                 f"unknown --expert-dtype '{self.expert_dtype}': use float32, float16 or bfloat16")
         require(self.soft_labels in ("", "expert"), f"unknown --soft-labels '{self.soft_labels}': use expert or ''")
-        require(self.label_temp > 0 and self.label_lr >= 0, "--label-temp must be positive and --label-lr non-negative")
+        require(self.label_temp > 0, "--label-temp must be positive")
         return self
 
 
@@ -102,14 +101,12 @@ def start_bound(settings: MatchingSettings, n, total_steps: int) -> int:
 
 
 def build(ctx) -> Method:
-    from jaxdd import experts as experts_lib
-
     s, model = ctx.settings, ctx.model
-    store = experts_lib.for_run(ctx)
+    store = experts.for_run(ctx)
     require(s.max_start_epoch + s.expert_epochs <= store.num_epochs,
             f"--max-start-epoch {s.max_start_epoch} + --expert-epochs {s.expert_epochs} exceeds the experts' "
             f"{store.num_epochs} epochs: lower them or train longer experts")
-    params_like, state_like = model.init(jax.random.key(0))
+    params_like, state_like = model.init(jax.random.key(0))  # the state's values start every student
     _, unravel = ravel_pytree(params_like)
     per_class = max(1, s.batch_syn // ctx.num_classes) if s.batch_syn else None
     cfg = inner.InnerConfig(optimizer="sgd", lr=s.syn_lr, ipc=ctx.ipc, num_classes=ctx.num_classes,
@@ -117,7 +114,7 @@ def build(ctx) -> Method:
                             total_steps=s.syn_steps)
 
     def optimizer(theta):
-        return outer.outer_optimizer(theta, lr=s.outer_lr, lr_labels=s.label_lr, lr_lr=s.lr_lr, clip=False,
+        return outer.outer_optimizer(theta, lr=s.outer_lr, lr_labels=s.labels_lr(), lr_lr=s.lr_lr, clip=False,
                                      kind="sgd", momentum=s.momentum)
 
     def init(key, theta, consts):
@@ -166,8 +163,8 @@ def evaluation(s: MatchingSettings) -> dict:
                 use_learned_lr=True)
 
 
-# MTT paper (CIFAR): (dataset, ipc) -> (N, M, T+, zca, lr_img, lr_lr); the code's defaults N 20, M 3, T+ 25.
-PUBLISHED = {
+# Published MTT rows (the paper's Table, CIFAR): (dataset, ipc) -> (N, M, T+, zca, lr_img, lr_lr).
+_MTT_ROWS = {
     ("cifar10", 1): (50, 2, 2, True, 1e3, 1e-7),
     ("cifar10", 10): (30, 2, 20, True, 1e3, 1e-5),
     ("cifar10", 50): (30, 2, 40, False, 1e3, 1e-5),
@@ -175,45 +172,23 @@ PUBLISHED = {
     ("cifar100", 10): (20, 2, 20, False, 1e3, 1e-5),
     ("cifar100", 50): (80, 2, 40, True, 1e3, 1e-5),
 }
-# CPU sizes: a handful of short experts (digits: 8x8 standardized pixels, no augmentation).
-SMALL = {
-    # Chosen on the validation split: python benchmarks/matching_sweep.py --ipc 1 --steps 50 '{...}' (val accuracy
-    # in %, distilled vs the run's random real init, both under the mtt protocol with the learned lr; seed 0
-    # unless said):
-    #   old preset (syn_lr 0.01, T+ 8, outer_lr 100)   66.4 vs 65.3: the student's N·lr = 0.2 cannot cover the
-    #                                                  expert's 2 epochs (~80 steps at lr 0.05); the lr barely grows
-    #   syn_lr 0.05: 83.6 vs 65.7;  + lr_lr 1e-4: 83.6;  + outer_lr 1000: 75.0
-    #   syn_lr 0.1: 83.3 vs 65.3;  syn_lr 0.2: 69.5 (unstable);  syn_lr 0.1 + lr_lr 1e-4: 84.2
-    #   syn_lr 0.1 + outer_lr 30: 85.2;  + outer_lr 300: 83.1;  + M 1: 82.6;  + N 40: 84.7;  + T+ 4: 85.4;  + T+ 2: 85.4
-    #   syn_lr 0.1, T+ 4, outer_lr 30 (this preset): 87.0 vs 65.3 (seed 0), 84.0 vs 59.3 (seed 1)
-    #     + outer_lr 10 instead: 85.2;  + lr_lr 1e-4: 60.4 (diverged);
-    #     + N 40 (outer_lr 100): 77.6 (N·lr = 4 overshoots)
-    #   syn_lr 0.05, T+ 4, N 40: 87.9 (outer_lr 100), 87.5 (outer_lr 30); 82.6 vs 59.2 at seed 1; twice the step cost
-    #   this preset + M 3: 85.6;  + N 30, syn_lr 0.07: 87.1 (1.5x the step cost)
-    # Test split, for the record (not used to choose): 100 steps 86.74 vs 67.64 random real (IPC 1), 95.42 vs 90.42
-    # (IPC 10); benchmarks/results/matching_cpu.md.
+PUBLISHED = {key: dict(syn_steps=n, expert_epochs=m, max_start_epoch=t_max, normalize="zca-mtt" if zca else "standardize",
+                       outer_lr=lr_img, lr_lr=lr_lr, syn_lr=0.01, width=128, depth=3, num_experts=100,
+                       expert_train_epochs=50, expert_dtype="float16", init="real", eval_steps=5000, eval_models=5,
+                       val_fraction=0.0)
+             for key, (n, m, t_max, zca, lr_img, lr_lr) in _MTT_ROWS.items()}
+# CPU sizes: a handful of short experts (the reasons: docs/methods/matching.md, "Presets").
+CPU = {
     "digits": dict(syn_steps=20, expert_epochs=2, max_start_epoch=4, outer_lr=30.0, lr_lr=1e-5, syn_lr=0.1,
                    num_experts=5, expert_train_epochs=15, augment="none", expert_augment="none", init="real",
-                   expert_batch=32, expert_lr=0.05),  # 256 / 0.01 leaves digits experts near chance (experts.md)
+                   expert_batch=32, expert_lr=0.05),
     "images32": dict(syn_steps=20, expert_epochs=2, max_start_epoch=8, outer_lr=100.0, lr_lr=1e-5, syn_lr=0.01,
                      num_experts=5, expert_train_epochs=15, augment="dsa", expert_augment="dsa", init="real"),
 }
-
-
-def presets(dataset_key: str, ipc: int, published: bool) -> dict:
-    if not published:
-        return dict(SMALL["digits" if dataset_key == "digits" else "images32"])
-    require((dataset_key, ipc) in PUBLISHED, "no published MTT preset for "
-            f"{dataset_key} IPC {ipc}: known are " + ", ".join(f"{k} IPC {i}" for k, i in PUBLISHED))
-    n, m, t_max, zca, lr_img, lr_lr = PUBLISHED[(dataset_key, ipc)]
-    return dict(syn_steps=n, expert_epochs=m, max_start_epoch=t_max, normalize="zca-mtt" if zca else "standardize",
-                outer_lr=lr_img, lr_lr=lr_lr, syn_lr=0.01, width=128, depth=3, num_experts=100,
-                expert_train_epochs=50, expert_dtype="float16", init="real", eval_steps=5000, eval_models=5,
-                val_fraction=0.0)
-
+CPU_STEPS = {"digits": 300, "images32": 200}
+# published: the authors' distill.py default --Iteration 5000
+PRESETS = Presets(cpu=CPU, cpu_steps=CPU_STEPS, published=PUBLISHED, published_steps=5000, source="the MTT paper")
 
 register(MethodSpec(
     name="mtt", summary="trajectory matching: N SGD steps on the set match an expert's M epochs",
-    settings=MatchingSettings, build=build, presets=presets, evaluation=evaluation,
-    # published: the authors' distill.py default --Iteration 5000
-    default_steps=lambda key, ipc, published: 5000 if published else 300 if key == "digits" else 200))
+    settings=MatchingSettings, build=build, presets=PRESETS, evaluation=evaluation))

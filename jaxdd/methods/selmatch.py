@@ -16,10 +16,11 @@ import math
 
 import numpy as np
 
-from jaxdd import synthetic
+from jaxdd import experts, scores, synthetic
+from jaxdd.evaluation import evaluate
 from jaxdd.errors import require
 from jaxdd.methods import matching
-from jaxdd.methods.base import MethodSpec, default_finalize, register
+from jaxdd.methods.base import MethodSpec, Presets, default_finalize, register
 from jaxdd.settings import setting
 
 READINGS = ("fraction", "ipc")
@@ -106,8 +107,6 @@ def scan_betas(class_sizes, ipc: int, step: float, reading: str = "fraction") ->
 
 def difficulty(ctx) -> np.ndarray:
     """Difficulty scores (higher = harder) of the run's training split, checked against it."""
-    from jaxdd import experts, scores
-
     s = ctx.settings
     if s.scores == "forgetting":
         return scores.load_scores(experts.for_run(ctx).path, ctx.dataset, kind="forgetting")
@@ -117,17 +116,7 @@ def difficulty(ctx) -> np.ndarray:
     return scores.load_scores(s.scores, ctx.dataset)
 
 
-def _eval_kwargs(s, lr=None) -> dict:
-    kwargs = dict(evaluation(s))
-    learned = kwargs.pop("use_learned_lr", False)
-    if learned and lr is not None:
-        kwargs["lr"] = float(lr)
-    return kwargs
-
-
 def build(ctx):
-    from jaxdd.evaluation import evaluate
-
     s, C = ctx.settings, ctx.num_classes
     base = matching.build(ctx)  # finds or trains the experts (and their forgetting scores)
     hard = difficulty(ctx)
@@ -144,12 +133,12 @@ def build(ctx):
         for b in scan_betas(sizes, ctx.ipc, s.beta_step, s.beta_reading):
             idx = select(hard, y, C, ctx.ipc, b, s.beta_reading)
             r = evaluate(x[idx], labels, ctx.dataset, split="val", seed=ctx.seed, rows=np.ones(len(idx), bool),
-                         mesh=ctx.mesh, **_eval_kwargs(s, s.syn_lr))
+                         learned_lr=s.syn_lr, mesh=ctx.mesh, **evaluation(s))
             curve.append(dict(beta=b, val_accuracy_mean=r["accuracy_mean"], val_accuracy_std=r["accuracy_std"]))
-            print(f"selmatch beta scan: beta {b:g}: validation accuracy of the selected real images "
-                  f"{100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f} %", flush=True)
+            ctx.log(f"selmatch beta scan: beta {b:g}: validation accuracy of the selected real images "
+                    f"{100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f} %")
         beta = max(curve, key=lambda row: (row["val_accuracy_mean"], -row["beta"]))["beta"]
-        print(f"selmatch beta scan: chose beta {beta:g}", flush=True)
+        ctx.log(f"selmatch beta scan: chose beta {beta:g}")
     index = select(hard, y, C, ctx.ipc, beta, s.beta_reading)
     row_block = partial_rows(C, ctx.ipc, s.alpha)
 
@@ -180,36 +169,37 @@ def evaluation(s: SelMatchSettings) -> dict:
 
 
 # (dataset, IPC) -> (alpha, beta) of the paper's table (5/10/20/30 % of CIFAR-10 and CIFAR-100, 10/20 % of Tiny)
-PUBLISHED = {
+_ALPHA_BETA = {
     ("cifar10", 250): (0.6, 0.5), ("cifar10", 500): (0.2, 0.3), ("cifar10", 1000): (0.1, 0.2),
     ("cifar10", 1500): (0.1, 0.2),
     ("cifar100", 25): (0.8, 0.8), ("cifar100", 50): (0.6, 0.7), ("cifar100", 100): (0.3, 0.6),
     ("cifar100", 150): (0.2, 0.4),
     ("tiny_imagenet", 50): (0.6, 0.8), ("tiny_imagenet", 100): (0.5, 0.7),
 }
+# N = 55 (Tiny: 20) and the image lr (1e4 for CIFAR-10 at 20 % and more): docs/methods/selmatch.md
+PUBLISHED = {(key, ipc): dict(alpha=alpha, beta=beta, beta_reading="fraction", syn_steps=20 if key == "tiny_imagenet" else 55,
+                              expert_epochs=2, max_start_epoch=80, batch_syn=125,
+                              outer_lr=1e4 if key == "cifar10" and ipc >= 1000 else 1e3, lr_lr=1e-5, syn_lr=1e-3,
+                              width=128, depth=4 if key == "tiny_imagenet" else 3, norm="batch", num_experts=100,
+                              expert_train_epochs=100, expert_dtype="float16", init="real", eval_protocol="selmatch",
+                              eval_models=3, val_fraction=0.0)
+             for (key, ipc), (alpha, beta) in _ALPHA_BETA.items()}
+# CPU: the matching preset; alpha from the paper's large-ratio rows, beta scanned; digits are neither flip- nor
+# 4-pixel-shift-invariant, so their selected rows are not augmented.
+CPU = {name: dict(values, alpha=0.2, beta=-1.0) for name, values in matching.CPU.items()}
+CPU["digits"].update(select_augment="none")
+# published: SelMatch's 10k iterations (docs/methods/selmatch.md)
+PRESETS = Presets(cpu=CPU, cpu_steps=matching.CPU_STEPS, published=PUBLISHED, published_steps=10_000,
+                  source="the SelMatch paper")
 
 
-def presets(dataset_key: str, ipc: int, published: bool) -> dict:
-    if not published:  # CPU: the matching preset; alpha from the paper's large-ratio rows, beta scanned
-        values = matching.presets(dataset_key, ipc, False)
-        values.update(alpha=0.2, beta=-1.0)
-        if dataset_key == "digits":
-            values.update(select_augment="none")  # digits are neither flip- nor 4-pixel-shift-invariant
-        return values
-    require((dataset_key, ipc) in PUBLISHED, f"no published SelMatch preset for {dataset_key} IPC {ipc}: known are "
-            + ", ".join(f"{k} IPC {i}" for k, i in PUBLISHED))
-    alpha, beta = PUBLISHED[(dataset_key, ipc)]
-    lr_img = 1e4 if dataset_key == "cifar10" and ipc >= 1000 else 1e3
-    syn_steps = 20 if dataset_key == "tiny_imagenet" else 55  # N = 55 (Tiny: 20), docs/methods/selmatch.md
-    return dict(alpha=alpha, beta=beta, beta_reading="fraction", syn_steps=syn_steps, expert_epochs=2,
-                max_start_epoch=80, batch_syn=125, outer_lr=lr_img, lr_lr=1e-5, syn_lr=1e-3, width=128,
-                depth=3 if dataset_key != "tiny_imagenet" else 4, norm="batch", num_experts=100,
-                expert_train_epochs=100, expert_dtype="float16", init="real", eval_protocol="selmatch",
-                eval_models=3, val_fraction=0.0)
+def ipc_from_ratio(settings: SelMatchSettings, facts, ipc: int) -> int:
+    """--ratio: the budget as a fraction of the training data (train + validation), per class, rounded."""
+    if not settings.ratio:
+        return ipc
+    return max(1, int(np.floor(settings.ratio * facts.num_train / facts.num_classes + 0.5)))
 
 
 register(MethodSpec(
     name="selmatch", summary="SelMatch: a difficulty window of real images, its easier part learned by matching",
-    settings=SelMatchSettings, build=build, presets=presets, evaluation=evaluation,
-    # published: SelMatch's 10k iterations (docs/methods/selmatch.md)
-    default_steps=lambda key, ipc, published: 10_000 if published else 300 if key == "digits" else 200))
+    settings=SelMatchSettings, build=build, presets=PRESETS, evaluation=evaluation, ipc=ipc_from_ratio))

@@ -1,0 +1,140 @@
+"""``jaxdd distill``: one option per setting of the chosen method, then the one driver."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+
+import jax
+
+from jaxdd import methods, parallel, presets
+from jaxdd.cli.args import (add_data_arguments, nonnegative_int, number, positive_int,
+                            positive_or_zero_float)
+from jaxdd.distillation import distill
+from jaxdd.errors import JaxddError
+
+DISTILL_EPILOG = """\
+examples:
+  jaxdd distill --dataset digits --method rat-bptt --ipc 1
+  jaxdd distill --dataset digits --method rat-bptt --ipc 10 --steps 600 --out runs/digits-ipc10
+  jaxdd distill --dataset digits --method rat-bptt --ipc 10 --out runs/digits-ipc10 --steps 1200 --resume
+  jaxdd distill --dataset ../shared/data/cifar10-jpeg.tar.xz --method rat-bptt --ipc 1 --steps 300
+  jaxdd distill --dataset tfds:cifar10 --method rat-bptt --ipc 10 --published --devices 8 --population 8
+
+presets: digits and any other small image set get CPU-sized values; --published takes the paper's
+settings where the method has them (a GPU job). Every preset value is overridden by the option of the
+same name below; `jaxdd distill --method M --help` lists the settings of method M.
+
+outputs in --out: distilled.npz (images, labels, lr, settings JSON), grid.png, metrics.jsonl,
+settings.json and checkpoints/. An --out that holds results is refused unless --resume (continue
+from its newest checkpoint; settings that change the result must be the same) or --overwrite. Ctrl-C
+and SIGTERM (SLURM, kill) finish the current step, save a checkpoint and exit with 130 / 143; --resume
+continues exactly (docs/runs.md). On a terminal a progress bar, elsewhere a line every steps/20.
+"""
+
+
+def method_from(argv) -> str:
+    """The --method named on the command line (before the full parse), default rat-bptt."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--method", default="rat-bptt")
+    known, _ = pre.parse_known_args(list(argv or []))
+    return known.method
+
+
+def add_parser(subparsers, method: str = "rat-bptt") -> argparse.ArgumentParser:
+    """The ``jaxdd distill`` subcommand, with the settings of ``method`` as options."""
+    listing = "\n".join(f"  {name:10s} {methods.get(name).summary}" for name in methods.available())
+    p = subparsers.add_parser(
+        "distill",
+        help="learn a small synthetic training set (" + ", ".join(methods.available()) + ")",
+        description="Distil a data set into --ipc synthetic images per class; then report the distilled set's "
+                    "test accuracy beside random real images at the same IPC, under the same evaluation.",
+        epilog=DISTILL_EPILOG + "\nmethods:\n" + listing + "\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    spec = methods.get(method) if method in methods.available() else methods.get("rat-bptt")
+    p.add_argument("--method", default="rat-bptt", metavar="METHOD",
+                   help=f"one of: {', '.join(methods.available())} (default rat-bptt; see below)")
+    p.add_argument("--ipc", type=positive_int, default=1, metavar="N", help="synthetic images per class (default 1)")
+    p.add_argument("--steps", type=nonnegative_int, default=None, metavar="N",
+                   help="outer (meta) steps in total, counting those of a resumed run (default: the preset's)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output directory (default runs/DATASET-METHOD-ipcN)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of everything random in the run (default 0)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --out")
+    p.add_argument("--published", action="store_true",
+                   help="start from the paper's settings for this data set and IPC instead of the CPU preset"
+                        + (f"; {presets.published_help(spec.name)}" if spec.presets.published else ""))
+    p.add_argument("--devices", type=positive_int, default=None, metavar="N",
+                   help="devices to shard the population, real batch and evaluation over (default: all)")
+    p.add_argument("--distributed", action="store_true",
+                   help="several processes / hosts: call jax.distributed.initialize() first (SLURM and TPU pod "
+                        "slices need nothing more; elsewhere add the three options below; see README)")
+    p.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="with --distributed: address of process 0's coordinator service")
+    p.add_argument("--num-processes", type=positive_int, default=None, metavar="N",
+                   help="with --distributed: number of processes in the run")
+    p.add_argument("--process-id", type=nonnegative_int, default=None, metavar="I",
+                   help="with --distributed: this process's index in [0, N)")
+    add_data_arguments(p, normalize=False)  # --normalize is one of the settings below
+    settings = p.add_argument_group(f"settings of --method {spec.name} (default: the preset's value)")
+    for field in dataclasses.fields(spec.settings):
+        flag = "--" + field.name.replace("_", "-")
+        kind = type(field.default)
+        if kind is bool:
+            settings.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None,
+                                  help=field.metadata.get("help"))
+        else:
+            parse = {int: nonnegative_int, float: positive_or_zero_float}.get(kind, str)
+            if field.metadata.get("minimum", 0) < 0:  # a negative value means something (e.g. -1: scan)
+                least = field.metadata["minimum"]
+                parse = number(kind, lambda v, least=least: least <= v < float("inf"), f"a number >= {least}")
+            metavar = {int: "N", float: "X"}.get(kind, "NAME")
+            settings.add_argument(flag, dest=field.name, type=parse, default=None, metavar=metavar,
+                                  help=field.metadata.get("help"))
+    out = p.add_argument_group("output")
+    out.add_argument("--no-eval", action="store_true", help="skip the final evaluation of the set and the baseline")
+    out.add_argument("--json", action="store_true", help="print one JSON summary object as the last line of stdout")
+    out.add_argument("--no-progress", action="store_true",
+                     help="no progress bar or progress lines on stderr, only the start and end lines")
+    p.set_defaults(func=run, settings_type=spec.settings)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """``jaxdd distill``: distil, then print the set's accuracy beside random real images."""
+    if args.distributed:
+        parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    elif any(v is not None for v in (args.coordinator, args.num_processes, args.process_id)):
+        raise JaxddError("--coordinator, --num-processes and --process-id need --distributed")
+    names = args.settings_type.field_names()
+    overrides = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    out = args.out or os.path.join("runs", re.sub(r"[^A-Za-z0-9_.]+", "_", presets.dataset_key(args.dataset))
+                                   + f"-{args.method}-" + (f"ratio{args.ratio:g}" if getattr(args, "ratio", None)
+                                                           else f"ipc{args.ipc}"))
+    mesh = parallel.make_mesh(args.devices)
+    result = distill(args.dataset, args.method, args.ipc, args.steps, out=out, seed=args.seed, resume=args.resume,
+                     overwrite=args.overwrite, progress="quiet" if args.no_progress else True,
+                     final_eval=not args.no_eval, published=args.published, mesh=mesh, cache_dir=args.cache_dir,
+                     **overrides)
+    if jax.process_index() != 0:  # several processes: process 0 reports
+        return 0
+    last = result.metrics[-1] if result.metrics else {}
+    print(f"{args.method} IPC {result.settings['ipc']} on {args.dataset}: {len(result.metrics)} steps recorded, last outer loss "
+          f"{last.get('loss', float('nan')):.4f}, {int(last.get('skipped_total', 0))} skipped updates; wrote {out}/")
+    summary = {"out": out, "method": args.method, "ipc": result.settings["ipc"], "dataset": args.dataset,
+               "steps": result.settings["steps"], "devices": parallel.num_devices(mesh)}
+    if result.evaluation:
+        d, b = result.evaluation, result.baseline
+        print(f"test accuracy: distilled {100 * d['accuracy_mean']:.2f} ± {100 * d['accuracy_std']:.2f} %, "
+              f"random real {100 * b['accuracy_mean']:.2f} ± {100 * b['accuracy_std']:.2f} % "
+              f"({d['num_models']} networks each, {d['steps']} training steps, same protocol)")
+        summary.update(accuracy_mean=d["accuracy_mean"], accuracy_std=d["accuracy_std"], num_models=d["num_models"],
+                       random_real_mean=b["accuracy_mean"], random_real_std=b["accuracy_std"])
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+    return 0
