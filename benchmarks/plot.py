@@ -1,7 +1,7 @@
 """Plot seconds per meta-step and peak memory against the window W, jaxdd beside torch, from meta_step.py JSON lines.
 
-    python benchmarks/plot.py benchmarks/results/cpu.jsonl -o benchmarks/results/cpu_vs_window.png
-    python benchmarks/plot.py benchmarks/results/gpu_sweep.jsonl -o benchmarks/results/gpu_vs_window.png
+    python -m benchmarks.plot benchmarks/results/cpu.jsonl -o benchmarks/results/cpu_vs_window.png
+    python -m benchmarks.plot benchmarks/results/gpu_sweep.jsonl -o benchmarks/results/gpu_vs_window.png
 
 Lines: full BPTT (W = T, so T grows with W) and truncated BPTT (T-BPTT, fixed T), jaxdd with remat on
 and off, torch (which has no remat). Error bars: min and max over the timed repeats. Only the runs of
