@@ -1,6 +1,6 @@
 """Test accuracy of default distillation runs beside random real images under the same protocol (issue 10).
 
-    nice -n 15 python benchmarks/accuracy.py --out /tmp/jaxdd-acc --sets /tmp/jaxdd-sets \
+    nice -n 15 python -m benchmarks.accuracy --out /tmp/jaxdd-acc --sets /tmp/jaxdd-sets \
         [--only digits-ipc1 ...] [--jsonl benchmarks/results/accuracy_cpu.jsonl]
 
 Per job: `python -m jaxdd distill --dataset D --ipc N --steps S --json` (default settings unless the job

@@ -1,8 +1,8 @@
 """AT-BPTT's low-rank Hessian backward on a small digits problem: accuracy (cosine to the exact window
 meta-gradient) and cost (seconds per meta-gradient with and without it).
 
-    python benchmarks/at_bptt_cosine.py                          # digits preset inner loop: Adam 1e-3
-    python benchmarks/at_bptt_cosine.py --optimizer sgd --lr 0.1 # an inner loop where H matters more
+    python -m benchmarks.at_bptt_cosine                          # digits preset inner loop: Adam 1e-3
+    python -m benchmarks.at_bptt_cosine --optimizer sgd --lr 0.1 # an inner loop where H matters more
 
 Setting: digits 8×8×1 (standardized), ConvNet width 4 (--width) depth 2 (374 parameters), IPC 1 (10 images,
 the whole set is every inner batch), T = 40, prefix N = 15, window W = 10, real batch 256, float32.
@@ -19,15 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # this checkout's jaxdd
 
 from jaxdd import data, hessian, inner
 from jaxdd.models import make_model

@@ -1,7 +1,7 @@
 """Boost-DD's prefix table beside direct distillation at every size (issue 14).
 
-    nice python benchmarks/boost_table.py --dataset digits --ipc 10 --block 2 --steps 200 \
-        [--out /tmp/jaxdd-boost] [--jsonl benchmarks/results/boost_digits.jsonl] [--md benchmarks/results/boost_digits.md]
+    nice python -m benchmarks.boost_table --dataset digits --ipc 10 --block 2 --steps 200 \
+        [--out /tmp/jaxdd-boost] [--jsonl benchmarks/results/boost.jsonl] [--md benchmarks/results/boost.md]
 
 One boosted run (`--method boost --block B --block-steps S`: every block gets S meta-steps) and, for
 every prefix size k = B, 2B, ..., IPC, a directly distilled set at IPC k with S meta-steps (the same

@@ -6,7 +6,7 @@ meta-step after compilation (from metrics.jsonl). On a CPU, devices are simulate
 ``--xla_force_host_platform_device_count``: they share the machine's cores, so the speed-up is bounded
 by the cores the single-device run leaves idle.
 
-    python benchmarks/devices.py --devices 1 2 --population 2 --steps 40 [--json]
+    python -m benchmarks.devices --devices 1 2 --population 2 --steps 40 [--json]
 """
 
 from __future__ import annotations

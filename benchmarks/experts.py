@@ -1,7 +1,7 @@
 """Expert training throughput (images/s) and storage per expert.
 
-    python benchmarks/experts.py                                  # digits, ConvNet w32, 4 experts × 4 epochs
-    python benchmarks/experts.py --dataset /data/cifar10-jpeg.tar.xz --experts 2 --epochs 1
+    python -m benchmarks.experts                                  # digits, ConvNet w32, 4 experts × 4 epochs
+    python -m benchmarks.experts --dataset /data/cifar10-jpeg.tar.xz --experts 2 --epochs 1
 
 Trains with `jaxdd.experts.train` into a temporary folder (DSA on, SGD lr 0.01, batch 256) and prints
 one JSON object. `compile_s` is an ahead-of-time compile of the same jitted epoch (same shapes),
@@ -15,24 +15,23 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-from jaxdd import data, experts  # noqa: E402
+from jaxdd import data, experts
+from jaxdd.experts import store as expert_store
+from jaxdd.experts import training
 
 
 def aot_compile_seconds(dataset, settings, group: int) -> float:
     """Seconds to lower and compile one epoch for a group of ``group`` experts (nothing runs)."""
-    net = experts._model_for(experts.fingerprint(dataset), settings)
-    step = experts._epoch_fn(net, settings["batch_size"], settings["augment"])
-    params, state, keys = experts._init_group(net, 0, range(group))
+    net = training.network(experts.fingerprint(dataset), settings)
+    step = training.epoch_fn(net, settings["batch_size"], settings["augment"])
+    params, state, keys = training.init_group(net, 0, range(group))
     forget = experts.forgetting_init(len(dataset.y_train), (group,))
     x, y = jnp.asarray(dataset.x_train, jnp.float32), jnp.asarray(dataset.y_train, jnp.int32)
     start = time.perf_counter()
@@ -81,7 +80,7 @@ def main() -> None:
         "steady_is_estimate": not later, "total_train_s": round(total_s, 2),
         "images_per_s": round(group * n / steady, 1),
         "bytes_per_expert": (args.epochs + 1) * store.num_params
-        * np.dtype(experts._storage_dtype(args.dtype)).itemsize,
+        * np.dtype(expert_store.storage_dtype(args.dtype)).itemsize,
         "bytes_on_disk": disk, "backend": jax.default_backend(), "devices": jax.device_count(),
         "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),
         "note": "shared machine: 2 CPU cores used by several jobs at once" if jax.default_backend() == "cpu" else "",

@@ -1,6 +1,6 @@
 """Time the first (decode) and the cached load of an image archive.
 
-    python benchmarks/load_time.py [ARCHIVE] [--normalize standardize]
+    python -m benchmarks.load_time [ARCHIVE] [--normalize standardize]
 
 Uses a fresh temporary cache directory, so the first load always decodes. Prints wall and CPU
 time of this process (on a shared machine the wall time can be much larger than the CPU time).
@@ -9,11 +9,9 @@ time of this process (on a shared machine the wall time can be much larger than 
 import argparse
 import os
 import tempfile
-import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from jaxdd import data  # noqa: E402
+from jaxdd import data
 
 DEFAULT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10-jpeg.tar.xz")
 

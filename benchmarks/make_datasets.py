@@ -1,6 +1,6 @@
 """Build small image-folder data sets the CPU presets were not tuned on (issue 10, item 5).
 
-    python benchmarks/make_datasets.py --out /tmp/jaxdd-sets [--cifar /work/shared/data/cifar10-jpeg.tar.xz]
+    python -m benchmarks.make_datasets --out /tmp/jaxdd-sets [--cifar /work/shared/data/cifar10-jpeg.tar.xz]
 
 Writes OUT/<name>/{train,test}/<class>/<i>.png (never commit them):
 

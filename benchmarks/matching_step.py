@@ -1,7 +1,7 @@
 """Time and measure jaxdd's trajectory-matching (MTT) meta-step against the authors'-style PyTorch step.
 
-    python benchmarks/matching_step.py                        CIFAR-10 IPC 10 shape, N 30, width 32, 1 thread each
-    python benchmarks/matching_step.py --widths 32,64 --repeats 5 --out benchmarks/results/matching_cpu.jsonl
+    python -m benchmarks.matching_step                        CIFAR-10 IPC 10 shape, N 30, width 32, 1 thread each
+    python -m benchmarks.matching_step --widths 32,64 --repeats 5 --out benchmarks/results/matching_cpu.jsonl
 
 One meta-step, in both implementations: from a start parameter vector θ_0 (a ConvNet-3 with instance
 norm, 32×32×3 inputs, 10 classes) N SGD steps on the whole synthetic set (IPC × 10 images, no
@@ -11,7 +11,7 @@ jitted with every array an argument (remat per inner step, as a matching run doe
 `torch_matching.matching_meta_gradient` (one flat parameter vector, create_graph=True at every step,
 as GeorgeCazenavette/mtt-distillation). θ* is θ_0 plus a small random move (the timing does not depend on it).
 
-Each implementation runs in its own child process (meta_step.run_child: one thread each on CPU), so
+Each implementation runs in its own child process (harness.run_child: one thread each on CPU), so
 peak memory is that child's resident set (ru_maxrss; the baseline after imports and data is reported
 too). The jaxdd child writes its start, target, images and first gradients; the torch child starts from
 the same numbers and reports the relative error of its image gradient and lr gradient (float32).
@@ -27,9 +27,7 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-import meta_step as ms  # noqa: E402
+from benchmarks import harness as ms
 
 IMAGE_SHAPE, NUM_CLASSES, DEPTH = (32, 32, 3), 10, 3
 
@@ -76,20 +74,15 @@ def run_jaxdd(s: dict, a: dict) -> dict:
     t0 = time.perf_counter()
     compiled = jax.jit(meta).lower(*args).compile()
     compile_s = time.perf_counter() - t0
-    times, first = [], None
-    for i in range(a["repeats"] + 1):
-        t0 = time.perf_counter()
-        g, loss = jax.block_until_ready(compiled(*args))
-        dt = time.perf_counter() - t0
-        if i == 0:
-            first = dt
-            np.savez(a["exchange"], images=images, labels=labels, grad=np.asarray(g["images"]),
-                     grad_lr=float(g["lr"]), loss=float(loss), **ms.tree_to_npz(unravel(start), "s:"),
-                     **ms.tree_to_npz(unravel(target), "t:"))
-        else:
-            times.append(dt)
-    return dict(ms.spread(times), first_call_seconds=first, compile_seconds=compile_s, loss=float(loss),
-                peak_bytes=ms.rss_bytes(), baseline_bytes=baseline, memory_source="ru_maxrss of the child",
+    def on_first(result, _):
+        g, loss = result
+        np.savez(a["exchange"], images=images, labels=labels, grad=np.asarray(g["images"]),
+                 grad_lr=float(g["lr"]), loss=float(loss), **ms.tree_to_npz(unravel(start), "s:"),
+                 **ms.tree_to_npz(unravel(target), "t:"))
+
+    timing, (_, loss) = ms.timed_calls(lambda _: jax.block_until_ready(compiled(*args)), range(a["repeats"] + 1),
+                                       on_first=on_first)
+    return dict(timing, compile_seconds=compile_s, loss=float(loss), **ms.cpu_memory(baseline),
                 num_params=int(start.size), backend=jax.default_backend())
 
 
@@ -97,8 +90,8 @@ def run_torch(s: dict, a: dict) -> dict:
     import numpy as np
     import torch
 
-    import torch_matching as tm
-    import torch_reference as tr
+    from benchmarks import torch_matching as tm
+    from benchmarks import torch_reference as tr
 
     if a.get("threads"):
         torch.set_num_threads(a["threads"])
@@ -114,32 +107,28 @@ def run_torch(s: dict, a: dict) -> dict:
     images, labels = tr.nhwc_to_nchw(ref["images"]), torch.from_numpy(np.array(ref["labels"])).long()
     lr = torch.tensor(0.01)
     baseline = ms.current_rss_bytes()
-    times, first = [], None
-    for i in range(a["repeats"] + 1):
-        t0 = time.perf_counter()
-        g, g_lr, loss = tm.matching_meta_gradient(model, flat, start, target, images, labels, lr, s["syn_steps"])
-        dt = time.perf_counter() - t0
-        if i == 0:
-            first = dt
-            gj = ref["grad"].astype(np.float64)
-            err = float(np.linalg.norm(tr.nchw_to_nhwc(g).astype(np.float64) - gj) / np.linalg.norm(gj))
-            lr_err = abs(float(g_lr) - float(ref["grad_lr"])) / abs(float(ref["grad_lr"]))
-        else:
-            times.append(dt)
-        del g, g_lr
-    return dict(ms.spread(times), first_call_seconds=first, loss=loss, grad_rel_err=err, lr_grad_rel_err=lr_err,
-                loss_rel_err=abs(loss - float(ref["loss"])) / abs(float(ref["loss"])), peak_bytes=ms.rss_bytes(),
-                baseline_bytes=baseline, memory_source="ru_maxrss of the child", torch_threads=torch.get_num_threads())
+    check = {}
+
+    def on_first(result, _):
+        g, g_lr, _ = result
+        gj = ref["grad"].astype(np.float64)
+        check.update(grad_rel_err=float(np.linalg.norm(tr.nchw_to_nhwc(g).astype(np.float64) - gj) / np.linalg.norm(gj)),
+                     lr_grad_rel_err=abs(float(g_lr) - float(ref["grad_lr"])) / abs(float(ref["grad_lr"])))
+
+    timing, (_, _, loss) = ms.timed_calls(
+        lambda _: tm.matching_meta_gradient(model, flat, start, target, images, labels, lr, s["syn_steps"]),
+        range(a["repeats"] + 1), on_first=on_first)
+    return dict(timing, loss=loss, **check, loss_rel_err=abs(loss - float(ref["loss"])) / abs(float(ref["loss"])),
+                **ms.cpu_memory(baseline), torch_threads=torch.get_num_threads())
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    csv = lambda typ: (lambda v: [typ(x) for x in v.split(",")])  # noqa: E731
-    ap.add_argument("--widths", type=csv(int), default=[32])
+    ap.add_argument("--widths", type=ms.csv(int), default=[32])
     ap.add_argument("--ipc", type=int, default=10)
     ap.add_argument("--syn-steps", type=int, default=30, help="N")
     ap.add_argument("--remat", default="full", help="jaxdd's rematerialisation of the inner step: full | dots | none")
-    ap.add_argument("--conv", choices=("auto", "xla", "shifted"), default="auto")
+    ap.add_argument("--conv", choices=("auto", "xla", "native"), default="auto")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads of each child (0: library defaults)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
@@ -147,18 +136,13 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="append JSON lines here")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.worker:
-        job = json.loads(args.worker)
-        print(json.dumps((run_jaxdd if job["impl"] == "jaxdd" else run_torch)(job["setting"], job["args"])), flush=True)
-        return
 
     def log(m):
         print(m, file=sys.stderr, flush=True)
 
     tmp = tempfile.mkdtemp(prefix="jaxdd-matching-")
     sink = open(args.out, "a") if args.out else None
-    meta = dict(kind="meta", date=time.strftime("%Y-%m-%d %H:%M:%S"), versions=ms.versions(), cpu=ms.cpu_info(),
-                threads=args.threads, repeats=args.repeats, command=" ".join(["python"] + sys.argv))
+    meta = ms.record_header(threads=args.threads, repeats=args.repeats)
     rows = ["| setting | jaxdd s/step median [min–max] | torch s/step median [min–max] | speedup torch/jaxdd | "
             "jaxdd compile s | jaxdd peak MiB (above baseline) | torch peak MiB (above baseline) | memory jaxdd/torch "
             "(above baseline) | grad rel err images / lr |", "|" + "---|" * 9]
@@ -177,7 +161,7 @@ def main() -> None:
         log(f"{name}")
         res = {}
         for impl in ("jaxdd", "torch"):
-            r = ms.run_child(impl, s, a, args.timeout, log, script=__file__)
+            r = ms.run_child("benchmarks.matching_step", impl, s, a, args.timeout, log)
             r.update(kind="run", impl=impl, setting=s)
             res[impl] = r
             if r.get("status") == "ok":
@@ -203,4 +187,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if not ms.worker_main({"jaxdd": run_jaxdd, "torch": run_torch}):
+        main()

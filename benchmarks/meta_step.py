@@ -1,10 +1,13 @@
-"""Time and measure jaxdd's BPTT-family meta-step against the same step in PyTorch (torch_reference.py).
+"""Time and measure jaxdd's BPTT-family meta-step against the same step in PyTorch (torch_step.py).
 
-    python benchmarks/meta_step.py --quick [--json]              one small setting, < 2 min on a 2-core CPU
-    python benchmarks/meta_step.py --grid cpu --out benchmarks/results/cpu.jsonl
-    python benchmarks/meta_step.py --device gpu --out benchmarks/results/gpu.jsonl   (paper setting)
-    python benchmarks/meta_step.py --widths 32,64 --ipcs 10 --unroll-steps 40 --windows 10 \\
+    python -m benchmarks.meta_step --quick [--json]              one small setting, < 2 min on a 2-core CPU
+    python -m benchmarks.meta_step --grid cpu --out benchmarks/results/cpu.jsonl
+    python -m benchmarks.meta_step --device gpu --out benchmarks/results/gpu.jsonl   (paper setting)
+    python -m benchmarks.meta_step --widths 32,64 --ipcs 10 --unroll-steps 40 --windows 10 \\
         --real-batches 256 --remat on,off --estimators bptt,tbptt,rat-bptt --repeats 5
+
+This module is the parent (settings, pairs, tables) and the jaxdd runner; `benchmarks/torch_step.py` is the
+PyTorch runner and `benchmarks/harness.py` the timing, memory and child-process harness both use.
 
 What one meta-step is, in both implementations: a fresh inner Adam (lr 1e-3, eps_root 1e-8) on a
 given initial ConvNet (instance norm), N inner steps without gradient, W differentiated inner steps,
@@ -41,17 +44,15 @@ import functools
 import itertools
 import json
 import os
-import platform
-import resource
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+from benchmarks import harness
+from benchmarks.harness import csv, fmt_s, mib
+
 IMAGE_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10
 ESTIMATORS = ("bptt", "tbptt", "rat-bptt")
@@ -95,7 +96,7 @@ def gpu_grid():
 
 
 # ----------------------------------------------------------------------------------------------------
-# helpers shared by the children
+# the problem both runners solve
 
 
 def prefixes_for(s: dict, count: int, seed: int) -> list[int]:
@@ -125,59 +126,6 @@ def make_data(s: dict, seed: int):
     return images, labels, real_x, real_y
 
 
-def rss_bytes() -> int:
-    """Peak resident set size of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def current_rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return rss_bytes()
-
-
-def tree_to_npz(tree, prefix: str) -> dict:
-    """A params pytree as flat npz entries named prefix + 'a/b/c' (read back by `tree_from_npz`, without JAX)."""
-    import jax
-    import numpy as np
-
-    return {prefix + "/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
-            for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def tree_from_npz(ref, prefix: str) -> dict:
-    """The nested dict of arrays saved by `tree_to_npz` under `prefix`."""
-    tree: dict = {}
-    for k in ref.files:
-        if k.startswith(prefix):
-            node = tree
-            *path, leaf = k[len(prefix):].split("/")
-            for part in path:
-                node = node.setdefault(part, {})
-            node[leaf] = ref[k]
-    return tree
-
-
-def sched_counters() -> tuple[float, int]:
-    """(seconds all threads of this process spent runnable but waiting for a CPU, voluntary context switches)."""
-    wait = 0
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/schedstat") as f:
-                wait += int(f.read().split()[1])
-        except (OSError, IndexError, ValueError):
-            pass
-    return wait / 1e9, resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
-
-
-def spread(times: list[float]) -> dict:
-    qs = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
-    return dict(seconds=statistics.median(times), min_seconds=min(times), max_seconds=max(times),
-                iqr_seconds=qs[2] - qs[0], times=times)
-
-
 # ----------------------------------------------------------------------------------------------------
 # the jaxdd child
 
@@ -190,7 +138,7 @@ def run_jaxdd(s: dict, a: dict) -> dict:
     from jaxdd import inner, outer, xla_options
     from jaxdd.methods import at_bptt, bptt
     from jaxdd.models import make_model, resolve_conv_impl
-    from jaxdd.presets import Settings
+    from jaxdd.methods.bptt import BPTTSettings
 
     gpu = a["device"] == "gpu"
     runtime = {}
@@ -203,7 +151,7 @@ def run_jaxdd(s: dict, a: dict) -> dict:
         compile_cache.enable(a["compile_cache"], min_compile_seconds=0)
     depth = 3
     remat_name = {"on": "full", "off": "none"}.get(s["remat"], s["remat"])  # or a jaxdd policy name (dots, ...)
-    settings = Settings(inner_adam=a.get("inner_adam", "torch"), unroll_steps=s["unroll_steps"], window=s["window"], remat=remat_name,
+    settings = BPTTSettings(inner_adam=a.get("inner_adam", "torch"), unroll_steps=s["unroll_steps"], window=s["window"], remat=remat_name,
                         per_class=0, classes_per_step=0, augment="none", real_augment="none",
                         real_batch=s["real_batch"], outer_chunk=s["chunk"], width=s["width"], depth=depth)
     settings.validate(s["ipc"])  # the torch reference runs the same inner Adam (--inner-adam): same semantics
@@ -231,47 +179,40 @@ def run_jaxdd(s: dict, a: dict) -> dict:
             jnp.asarray(real_y), jax.random.key(a["seed"] + 1), jnp.asarray(0, jnp.int32)]
     args = jax.device_put(args, dev)
     jax.block_until_ready(args)
-    baseline = current_rss_bytes()
+    baseline = harness.current_rss_bytes()
 
     t0 = time.perf_counter()
     compiled = jax.jit(meta, compiler_options=copts or None).lower(*args).compile()
     compile_s = time.perf_counter() - t0
-    rss_after_compile = rss_bytes()
+    rss_after_compile = harness.rss_bytes()
 
     prefixes = a["prefixes"]
-    times, cpu_times, waits, switches, first = [], [], [], [], None
-    for i, n in enumerate(prefixes):
-        args[-1] = jnp.asarray(n, jnp.int32)
-        t0, c0, s0 = time.perf_counter(), time.process_time(), sched_counters()
-        g, loss = compiled(*args)
-        jax.block_until_ready((g, loss))
-        dt, dc, s1 = time.perf_counter() - t0, time.process_time() - c0, sched_counters()
-        if i == 0:
-            first, first_grad = dt, g
-            if a.get("exchange"):
-                np.savez(a["exchange"], grad=np.asarray(g), loss=float(loss), prefix=n, **tree_to_npz(params0, "p:"))
-        else:
-            times.append(dt)
-            cpu_times.append(dc)
-            waits.append(s1[0] - s0[0])
-            switches.append(s1[1] - s0[1])
+    first_grad = None
+
+    def on_first(result, n):
+        nonlocal first_grad
+        first_grad = result[0]
+        if a.get("exchange"):
+            np.savez(a["exchange"], grad=np.asarray(result[0]), loss=float(result[1]), prefix=int(n),
+                     **harness.tree_to_npz(params0, "p:"))
+
+    steps = [jnp.asarray(n, jnp.int32) for n in prefixes]
+    timing, (_, loss) = harness.timed_calls(lambda n: jax.block_until_ready(compiled(*args[:-1], n)), steps,
+                                            on_first=on_first)
     if rank:  # the low-rank backward's cosine to the exact meta-gradient of the same window, first prefix
         args[-1] = jnp.asarray(prefixes[0], jnp.int32)
         exact = np.asarray(jax.jit(functools.partial(meta, rank=0))(*args)[0]).ravel()
         approx = np.asarray(first_grad).ravel()
         cosine = float(approx @ exact / (np.linalg.norm(approx) * np.linalg.norm(exact)))
-    out = dict(spread(times), first_call_seconds=first, compile_seconds=compile_s, loss=float(loss),
-               cpu_seconds=statistics.median(cpu_times), cpu_times=cpu_times, runtime=runtime,
-               runqueue_wait_seconds=statistics.median(waits), voluntary_switches=statistics.median(switches),
-               compiler_options=copts, fused_norm=a.get("fused_norm", "auto"))
+    out = dict(timing, compile_seconds=compile_s, loss=float(loss), runtime=runtime, compiler_options=copts,
+               fused_norm=a.get("fused_norm", "auto"))
     if rank:
         out.update(cosine_to_exact=cosine)
     if gpu:
         stats = dev.memory_stats() or {}
         out.update(peak_bytes=int(stats.get("peak_bytes_in_use", 0)), memory_source="jax peak_bytes_in_use")
     else:
-        out.update(peak_bytes=rss_bytes(), baseline_bytes=baseline, rss_after_compile_bytes=rss_after_compile,
-                   memory_source="ru_maxrss of the child")
+        out.update(harness.cpu_memory(baseline), rss_after_compile_bytes=rss_after_compile)
 
     # FLOPs from XLA's cost analysis (loop bodies are counted once: assemble the total from pieces)
     if not a.get("no_flops"):
@@ -305,128 +246,6 @@ def run_jaxdd(s: dict, a: dict) -> dict:
     out.update(conv=resolve_conv_impl(a["conv"]), device_kind=dev.device_kind, backend=jax.default_backend(),
                num_params=model.num_params)
     return out
-
-
-# ----------------------------------------------------------------------------------------------------
-# the torch child
-
-
-def run_torch(s: dict, a: dict) -> dict:
-    import numpy as np
-    import torch
-
-    sys.path.insert(0, HERE)
-    import torch_reference as tr
-
-    gpu = a["device"] == "gpu"
-    dev = torch.device("cuda" if gpu else "cpu")
-    if a.get("threads"):
-        torch.set_num_threads(a["threads"])
-    depth = 3
-    images, labels, real_x, real_y = make_data(s, a["seed"])
-    ref = None
-    if a.get("exchange") and os.path.exists(a["exchange"]):
-        ref = np.load(a["exchange"])
-        tree = tree_from_npz(ref, "p:")
-        params = tr.params_from_jaxdd(tree, IMAGE_SHAPE, width=s["width"], depth=depth)
-    else:
-        params = tr.init_params(IMAGE_SHAPE, NUM_CLASSES, width=s["width"], depth=depth, seed=a["seed"])
-    model = tr.ConvNet(IMAGE_SHAPE, NUM_CLASSES, width=s["width"], depth=depth).to(dev)
-    params = {k: v.to(dev) for k, v in params.items()}
-    timages = tr.nhwc_to_nchw(images).to(dev)
-    tlabels = torch.from_numpy(labels).long().to(dev)
-    treal_x = tr.nhwc_to_nchw(real_x).to(dev)
-    treal_y = torch.from_numpy(real_y).long().to(dev)
-    window = s["unroll_steps"] if s["estimator"] == "bptt" else s["window"]
-    chunk = (s["chunk"] or None) if a["torch_chunk"] == "same" else None
-    if gpu:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    baseline = current_rss_bytes()
-
-    times, cpu_times, waits, switches, first, err = [], [], [], [], None, None
-    for i, n in enumerate(a["prefixes"]):
-        t0, c0, s0 = time.perf_counter(), time.process_time(), sched_counters()
-        g, loss = tr.meta_gradient(model, params, timages, tlabels, treal_x, treal_y, prefix=n, window=window, chunk=chunk,
-                                  adam=a.get("inner_adam", "torch"))
-        if gpu:
-            torch.cuda.synchronize()
-        dt, dc, s1 = time.perf_counter() - t0, time.process_time() - c0, sched_counters()
-        if i == 0:
-            first = dt
-            if ref is not None and int(ref["prefix"]) == n:
-                gj = ref["grad"].astype(np.float64)
-                gt = tr.nchw_to_nhwc(g).astype(np.float64)
-                err = float(np.linalg.norm(gt - gj) / np.linalg.norm(gj))
-                loss_err = abs(loss - float(ref["loss"]))
-        else:
-            times.append(dt)
-            cpu_times.append(dc)
-            waits.append(s1[0] - s0[0])
-            switches.append(s1[1] - s0[1])
-        del g
-    out = dict(spread(times), first_call_seconds=first, compile_seconds=0.0, loss=loss, grad_rel_err=err,
-               torch_threads=torch.get_num_threads(), torch_chunk=chunk, cpu_seconds=statistics.median(cpu_times),
-               cpu_times=cpu_times, runqueue_wait_seconds=statistics.median(waits),
-               voluntary_switches=statistics.median(switches))
-    if err is not None:
-        out["loss_abs_err"] = loss_err
-    if gpu:
-        out.update(peak_bytes=int(torch.cuda.max_memory_allocated()), memory_source="torch.cuda.max_memory_allocated",
-                   device_kind=torch.cuda.get_device_name(), tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
-                   tf32_cudnn=torch.backends.cudnn.allow_tf32)
-    else:
-        out.update(peak_bytes=rss_bytes(), baseline_bytes=baseline, memory_source="ru_maxrss of the child",
-                   device_kind=platform.processor() or "cpu")
-    return out
-
-
-# ----------------------------------------------------------------------------------------------------
-# the parent
-
-
-def versions() -> dict:
-    out = dict(python=platform.python_version())
-    for name in ("jax", "jaxlib", "torch", "numpy"):
-        try:
-            out[name] = __import__(name).__version__
-        except Exception:  # noqa: BLE001 - a missing package is just not reported
-            out[name] = None
-    return out
-
-
-def cpu_info() -> dict:
-    info = {}
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in text.splitlines():
-            if ":" in line:
-                k, v = line.split(":", 1)
-                info[k.strip()] = v.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    mhz = None
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("cpu MHz"):
-                    mhz = float(line.split(":")[1])
-                    break
-    except OSError:
-        pass
-    flags = info.get("Flags", "")
-    cores = os.cpu_count() or 1
-    ghz = (mhz or float(info.get("CPU max MHz", 0) or 0)) / 1000.0
-    # fp32 FLOPs per cycle per core: 2 FMA units × SIMD lanes × 2. Zen 4 (family 25, model ≥ 16) runs
-    # AVX-512 on 256-bit datapaths, so it peaks like AVX2 with two FMA pipes: 2 × 8 × 2 = 32.
-    if "avx512f" in flags and not (info.get("Vendor ID") == "AuthenticAMD"):
-        per_cycle, simd = 64, "AVX-512, 2 FMA units"
-    elif "fma" in flags:
-        per_cycle, simd = 32, "256-bit FMA datapath × 2 FMA units (Zen 4 executes AVX-512 as 2 × 256-bit)"
-    else:
-        per_cycle, simd = 8, "SSE"
-    return dict(model=info.get("Model name", platform.processor()), cores=cores, ghz=ghz, flops_per_cycle=per_cycle,
-                simd=simd, peak_gflops=cores * ghz * per_cycle)
 
 
 def setting_list(args) -> list[dict]:
@@ -469,63 +288,6 @@ def label(s: dict) -> str:
     at = f" d{s.get('delta', 0)} lowrank {s.get('lowrank') or 'off'}" if s["estimator"] == "at-bptt" else ""
     return (f"{est} w{s['width']} ipc{s['ipc']} T{s['unroll_steps']} W{s['window']} B{s['real_batch']}{chunk} "
             f"remat {s['remat']}{at}")
-
-
-def start_load(n: int, max_seconds: float) -> list[subprocess.Popen]:
-    """n busy-looping Python processes (a competing load on the shared CPU), each ending by itself after
-    max_seconds even if this process dies; stop them with `stop_load`."""
-    code = f"import time\nend = time.monotonic() + {float(max_seconds)}\nwhile time.monotonic() < end:\n    pass\n"
-    return [subprocess.Popen([sys.executable, "-c", code]) for _ in range(n)]
-
-
-def stop_load(procs: list[subprocess.Popen]) -> None:
-    for p in procs:  # only the processes started by start_load, by their own handles
-        if p.poll() is None:
-            p.kill()
-    for p in procs:
-        p.wait()
-
-
-def run_child(impl: str, s: dict, a: dict, timeout: float, log, script: str = __file__) -> dict:
-    """Run `script --worker JOB` in a fresh process (one thread each on CPU when a["threads"] == 1); its last JSON line."""
-    cmd = [sys.executable, os.path.abspath(script), "--worker", json.dumps(dict(impl=impl, setting=s, args=a))]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    if a["device"] == "gpu":
-        env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    else:
-        env["JAX_PLATFORMS"] = "cpu"
-        env["CUDA_VISIBLE_DEVICES"] = ""
-        threads = a.get("jaxdd_threads", a.get("threads")) if impl == "jaxdd" else a.get("threads")
-        if threads == 1:
-            # one XLA worker thread (NPROC sizes XLA:CPU's thread pool, also set by xla_options.configure_cpu
-            # in the child) and single-threaded Eigen matmuls / convolutions
-            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
-            env["NPROC"] = "1"
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return dict(status="timeout", wall_seconds=time.perf_counter() - t0)
-    wall = time.perf_counter() - t0
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        log(f"  {impl} failed (rc {proc.returncode}): {' | '.join(tail)}")
-        return dict(status="error", returncode=proc.returncode, error=" | ".join(tail), wall_seconds=wall)
-    out = json.loads(lines[-1])
-    out.update(status="ok", wall_seconds=wall)
-    return out
-
-
-def fmt_s(r: dict) -> str:
-    if r.get("status") != "ok":
-        return r.get("status", "-")
-    return f"{r['seconds']:.2f} [{r['min_seconds']:.2f}–{r['max_seconds']:.2f}]"
-
-
-def mib(x) -> str:
-    return "-" if x is None else f"{x / 2**20:.0f}"
 
 
 def markdown(pairs: list[dict], peak_gflops: float) -> str:
@@ -575,7 +337,8 @@ def measure_all(args, settings, repeats, tmp, log, emit, pairs, torch_cache) -> 
                 res[impl] = dict(torch_cache[tkey], reused=True)
                 log("  torch: same setting as above, measured once")
                 continue
-            r = run_child(impl, s, a, args.timeout, log)
+            module = "benchmarks.meta_step" if impl == "jaxdd" else "benchmarks.torch_step"
+            r = harness.run_child(module, impl, s, a, args.timeout, log)
             r.update(kind="run", impl=impl, setting=s, prefixes=prefixes)
             emit(r)
             res[impl] = r
@@ -609,7 +372,6 @@ def main() -> None:
                     help="gpu: the paper's CIFAR-10 IPC 10 setting unless a grid is given")
     ap.add_argument("--grid", choices=("cpu", "gpu", "full"), default=None,
                     help="cpu: the subset measured on the 2-core CPU; gpu: the paper setting; full: the issue's whole grid")
-    csv = lambda typ: (lambda v: [typ(x) for x in v.split(",")])  # noqa: E731
     ap.add_argument("--widths", type=csv(int))
     ap.add_argument("--ipcs", type=csv(int))
     ap.add_argument("--windows", type=csv(int))
@@ -621,7 +383,7 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=500, help="outer chunk for real batches larger than it (0: none)")
     ap.add_argument("--torch-chunk", choices=("same", "none"), default="same",
                     help="same: torch computes λ in the same chunks as jaxdd; none: one backward of the whole batch")
-    ap.add_argument("--conv", choices=("auto", "xla", "native", "shifted", "taps"), default="auto",
+    ap.add_argument("--conv", choices=("auto", "xla", "native"), default="auto",
                     help="jaxdd convolution (auto: native on CPU, xla on GPU)")
     ap.add_argument("--fused-norm", choices=("auto", "on", "off"), default="auto",
                     help="jaxdd instance norm through its fused custom VJP (auto: with the native convolution)")
@@ -657,21 +419,14 @@ def main() -> None:
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
-    if args.worker:
-        job = json.loads(args.worker)
-        fn = run_jaxdd if job["impl"] == "jaxdd" else run_torch
-        print(json.dumps(fn(job["setting"], job["args"])), flush=True)
-        return
-
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if args.json else (lambda m: print(m, flush=True))
     repeats = args.repeats or 3
     if args.threads is None:
         args.threads = 1 if args.device == "cpu" else 0
     settings = setting_list(args)
-    cpu = cpu_info()
-    peak = args.peak_gflops or (67000.0 if args.device == "gpu" else cpu["peak_gflops"])
-    meta = dict(kind="meta", date=time.strftime("%Y-%m-%d %H:%M:%S"), versions=versions(), cpu=cpu, device=args.device,
-                peak_gflops=peak, command=" ".join([os.path.basename(sys.executable)] + sys.argv), repeats=repeats)
+    meta = harness.record_header(device=args.device, repeats=repeats)
+    peak = args.peak_gflops or (67000.0 if args.device == "gpu" else meta["cpu"]["peak_gflops"])
+    meta["peak_gflops"] = peak
     log(f"# {len(settings)} settings, {repeats} timed repeats each (+1 warm-up); peak {peak:.0f} GFLOP/s assumed")
     sink = open(args.out, "a") if args.out else None
 
@@ -690,14 +445,14 @@ def main() -> None:
     emit(meta)
     tmp = tempfile.mkdtemp(prefix="jaxdd-bench-")
     pairs, torch_cache = [], {}
-    load = start_load(args.load, args.load_max_seconds) if args.load else []
+    load = harness.start_load(args.load, args.load_max_seconds) if args.load else []
     if load:  # a SIGTERM (e.g. from `timeout`) must still run the finally below that stops the load
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         log(f"# competing load: {args.load} busy-looping processes (pids {[q.pid for q in load]})")
     try:
         measure_all(args, settings, repeats, tmp, log, emit, pairs, torch_cache)
     finally:
-        stop_load(load)
+        harness.stop_load(load)
     table = markdown(pairs, peak)
     if args.md:
         with open(args.md, "w") as f:
@@ -729,4 +484,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if not harness.worker_main({"jaxdd": run_jaxdd}):
+        main()

@@ -1,7 +1,7 @@
 """Plot seconds per meta-step and peak memory against the window W, jaxdd beside torch, from meta_step.py JSON lines.
 
-    python benchmarks/plot.py benchmarks/results/cpu.jsonl -o benchmarks/results/cpu_vs_window.png
-    python benchmarks/plot.py benchmarks/results/gpu_sweep.jsonl -o benchmarks/results/gpu_vs_window.png
+    python -m benchmarks.plot benchmarks/results/cpu.jsonl --table grid -o benchmarks/results/cpu_vs_window.png
+    python -m benchmarks.plot benchmarks/results/gpu.jsonl --table w-sweep -o benchmarks/results/gpu_vs_window.png
 
 Lines: full BPTT (W = T, so T grows with W) and truncated BPTT (T-BPTT, fixed T), jaxdd with remat on
 and off, torch (which has no remat). Error bars: min and max over the timed repeats. Only the runs of
@@ -42,9 +42,11 @@ def main() -> None:
     ap.add_argument("--ipc", type=int)
     ap.add_argument("--batch", type=int)
     ap.add_argument("--title", default=None)
+    ap.add_argument("--table", default=None, help="only rows of this table (the 'table' field of cpu.jsonl / gpu.jsonl)")
     args = ap.parse_args()
 
-    runs = [r for r in load(args.jsonl) if r["setting"]["estimator"] in ("bptt", "tbptt")]
+    runs = [r for r in load(args.jsonl) if r["setting"]["estimator"] in ("bptt", "tbptt")
+            and args.table in (None, r.get("table"))]
     group = lambda r: (r["setting"]["width"], r["setting"]["ipc"], r["setting"]["real_batch"])  # noqa: E731
     want = [args.width, args.ipc, args.batch]
     runs = [r for r in runs if all(w is None or w == g for w, g in zip(want, group(r)))]

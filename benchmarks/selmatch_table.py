@@ -1,6 +1,6 @@
 """SelMatch against mtt, random real subsets and the full data at budgets given as ratios (issue 13).
 
-    nice python benchmarks/selmatch_table.py --dataset ../shared/data/cifar10-jpeg.tar.xz --ratios 0.05 0.1 \
+    nice python -m benchmarks.selmatch_table --dataset ../shared/data/cifar10-jpeg.tar.xz --ratios 0.05 0.1 \
         --steps 50 --beta-step 0.25 --extra "--num-experts 2 --expert-train-epochs 3 --max-start-epoch 2" \
         [--out /tmp/jaxdd-selmatch] [--jsonl benchmarks/results/selmatch_cifar10.jsonl] [--md ...md]
 
@@ -22,7 +22,7 @@ import json
 import os
 import time
 
-from boost_table import jaxdd
+from benchmarks.boost_table import jaxdd
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Time from launch to the first meta-step of a small distillation, with a cold and a warm compilation cache.
 
-    python benchmarks/startup.py [--repeats 3] [--out benchmarks/results/startup.jsonl]
+    python -m benchmarks.startup [--repeats 3] [--out benchmarks/results/startup.jsonl]
 
 Each run is a fresh process executing the CLI command
 
@@ -27,12 +27,11 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["distill", "--dataset", "digits", "--ipc", "1", "--steps", "3", "--no-eval", "--no-progress"]
 
 def run_once(cache: str, out: str, timeout: float) -> dict:
     shutil.rmtree(out, ignore_errors=True)
-    env = dict(os.environ, PYTHONPATH=ROOT + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else ""))
+    env = dict(os.environ)
     env.pop("JAXDD_NO_COMPILE_CACHE", None)
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
     if cache != "off":  # the CLI's default cache, moved to a directory of this benchmark's

@@ -1,6 +1,6 @@
 """Wall time for AT-BPTT to reach RaT-BPTT's final accuracy (issue 11), measured on the validation split.
 
-    nice python benchmarks/time_to_accuracy.py --dataset digits --ipc 1 --steps 300 --eval-every 25 \
+    nice python -m benchmarks.time_to_accuracy --dataset digits --ipc 1 --steps 300 --eval-every 25 \
         [--extra "..."] [--jsonl benchmarks/results/at_bptt_time.jsonl]
 
 Both methods run with the data set's default settings (AT-BPTT's CPU preset: W ± 3 around RaT-BPTT's

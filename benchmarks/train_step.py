@@ -1,7 +1,6 @@
 """One SGD step of a ConvNet on a real-sized minibatch: what expert training and evaluation repeat.
 
-    NPROC=1 python benchmarks/train_step.py [--batch 256] [--width 32] [--group 2] [--repeats 5] \
-        [--jsonl benchmarks/results/train_step_cpu.jsonl]
+    NPROC=1 python -m benchmarks.train_step [--batch 256] [--width 32] [--group 2] [--repeats 5] [--jsonl FILE]
 
 Times (median of --repeats runs after compilation) one step `params - lr * grad(loss)` on a batch of
 32x32x3 images, for every combination of: the convolution implementation (`--convs`, models.CONV_IMPLS),
@@ -17,15 +16,13 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
+import jax
+import jax.numpy as jnp
+import optax
 
-from jaxdd import models, xla_options  # noqa: E402
+from jaxdd import models, xla_options
 
 
 def timed(f, args, repeats: int) -> float:

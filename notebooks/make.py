@@ -181,7 +181,7 @@ print("max |difference| between 1 and 8 devices:", float(np.abs(one.images - eig
     new_code_cell('''import json, glob
 import matplotlib.pyplot as plt
 root = os.path.join("..", "benchmarks", "results") if os.path.isdir(os.path.join("..", "benchmarks")) else os.path.join("benchmarks", "results")
-for name in ("cpu.md", "gpu_paper.md"):
+for name in ("cpu.md", "gpu.md"):
     path = os.path.join(root, name)
     if os.path.exists(path):
         print(open(path).read())'''),
