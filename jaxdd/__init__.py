@@ -8,9 +8,7 @@ The public entry points (the contract; docs/architecture.md):
     jaxdd.unroll(step, carry, theta, xs, *, prefix, window, remat=True) -> carry
     jaxdd.hvp(f, params, v), jaxdd.lanczos(matvec, v0, num_iters)
 
-The modules behind them (docs/architecture.md): data/, models, augment, unroll, truncation, inner,
-outer, hessian, synthetic, initial, settings, methods/ (the method interface and registry), presets,
-distillation (the driver), rundir (the run folder), progress, evaluation, parallel, checkpoint, viz, cli.
+The modules behind them, their layers and the direction of imports: docs/architecture.md.
 """
 
 from jaxdd import data, methods
@@ -23,10 +21,8 @@ from jaxdd.presets import preset
 from jaxdd.settings import CommonSettings
 from jaxdd.unroll import unroll
 
-Settings = BPTTSettings  # the settings of the BPTT family (earlier name)
-
 __version__ = "0.1.0"
 
-__all__ = ["data", "methods", "distill", "DistillResult", "evaluate", "hvp", "lanczos", "unroll", "Settings",
+__all__ = ["data", "methods", "distill", "DistillResult", "evaluate", "hvp", "lanczos", "unroll",
            "BPTTSettings", "CommonSettings", "preset",
            "JaxddError", "__version__"]

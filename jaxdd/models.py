@@ -288,9 +288,8 @@ def default_width(name: str, image_shape) -> int:
 
 
 def network_defaults(name: str, image_shape, width: int | None = None, depth: int | None = None) -> dict:
-    """The one place a network's unset width and depth are decided: ``{"width", "depth"}`` with None or 0
-    replaced by :func:`default_width` and (ConvNets) :func:`default_depth`; an MLP's depth defaults to 2,
-    ResNet-18 has no depth setting (None)."""
+    """The one place a network's unset width and depth are decided: ``{"width", "depth"}``, None or 0 replaced
+    by :func:`default_width` and :func:`default_depth` (ConvNets; an MLP's depth 2, ResNet-18's None)."""
     width = int(width) if width else default_width(name, image_shape)
     if name.startswith("convnet"):
         depth = int(depth) if depth else default_depth(image_shape)
@@ -363,10 +362,8 @@ class MLP(nnx.Module):
 
 @dataclasses.dataclass(frozen=True)
 class Model:
-    """A network as two pure functions over plain-dict pytrees.
-
-    init(key) -> (params, state); apply(params, state, x, train=True) -> (logits, state).
-    """
+    """A network as two pure functions over plain-dict pytrees: init(key) -> (params, state);
+    apply(params, state, x, train=True) -> (logits, state)."""
 
     name: str
     init: Callable[[jax.Array], tuple[Params, State]]
@@ -374,9 +371,8 @@ class Model:
     image_shape: tuple[int, int, int]
     num_classes: int
     num_params: int
-    # The same network (same parameters, same numbers) built from plain JAX operations, for forward-mode
-    # AD (Hessian-vector products: jax.jvp of jax.grad), which custom-VJP layers (the native convolution,
-    # the fused instance norm) do not support; None when this model is already that network.
+    # The same network in plain JAX operations, for forward-mode AD (jax.jvp of jax.grad), which custom-VJP
+    # layers (the native convolution, the fused instance norm) do not support; None if this is that network.
     forward_mode: "Model | None" = None
 
     def jvp_ready(self) -> "Model":

@@ -139,11 +139,15 @@ def balanced_batch(key, table, counts, per_class: int):
 
 
 
-@functools.lru_cache(maxsize=32)
 def network(name, image_shape, num_classes, width, depth, norm) -> models_lib.Model:
     """The `Model` for these settings, one object per settings, so the jitted functions below are reused."""
-    return models_lib.make_model(name, image_shape=tuple(int(s) for s in image_shape), num_classes=int(num_classes),
-                                 width=width, depth=depth, norm=norm)
+    return _network(name, tuple(int(s) for s in image_shape), int(num_classes), width, depth, norm)
+
+
+@functools.lru_cache(maxsize=32)
+def _network(name, image_shape, num_classes, width, depth, norm) -> models_lib.Model:
+    return models_lib.make_model(name, image_shape=image_shape, num_classes=num_classes, width=width, depth=depth,
+                                 norm=norm)
 
 
 def make_optimizer(kind: str, momentum: float, weight_decay: float) -> optax.GradientTransformation:

@@ -187,7 +187,7 @@ def test_distill_bad_input(capsys, tmp_path, monkeypatch):
 def test_distill_help_lists_every_setting(capsys):
     import dataclasses
 
-    from jaxdd.presets import Settings
+    from jaxdd.methods.bptt import BPTTSettings as Settings
 
     assert main(["distill", "--help"]) == 0
     out = capsys.readouterr().out

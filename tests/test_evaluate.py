@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jaxdd import evaluation as ev
+from jaxdd import models, training
 from jaxdd.errors import JaxddError
 
 FAST = dict(protocol="quick", width=16, num_models=3, steps=150, lr=1e-2)
@@ -160,11 +161,12 @@ def test_checkpoint_accuracy_equals_a_shorter_run(digits, ipc10_set, checkpointe
 
 
 def test_checkpoints_do_not_recompile(digits, ipc10_set, checkpointed):
-    net = ev._cached_model("convnet", (8, 8, 1), 10, 16, ev.model_defaults(digits)["depth"], None)  # as evaluate builds it
-    _, run = ev._trainer(net, "adam", 0.0, 0.0, 256, "none", None, 0.1, 0)
-    before = (run._cache_size(), ev._scorer(net)._cache_size())
+    depth = models.network_defaults("convnet", digits.image_shape)["depth"]
+    net = training.network("convnet", (8, 8, 1), 10, 16, depth, None)  # as evaluate builds it
+    _, run = training.trainer(net, "adam", 0.0, 0.0, 256, "none", None, 0.1, 0)
+    before = (run._cache_size(), training.scorer(net)._cache_size())
     ev.evaluate(*ipc10_set, digits, **{**FAST, "steps": 60}, checkpoints=(10, 20, 30, 45))
-    assert (run._cache_size(), ev._scorer(net)._cache_size()) == before and before[0] >= 1
+    assert (run._cache_size(), training.scorer(net)._cache_size()) == before and before[0] >= 1
 
 
 def test_checkpoint_is_chosen_on_the_validation_split(digits, ipc10_set, checkpointed):
@@ -189,11 +191,11 @@ def test_balanced_batches_have_equal_class_counts():
     import jax
 
     hard = np.array([0] * 3 + [2] * 7 + [3] * 5 + [0] * 2)  # class 1 absent, unequal sizes, not class-major
-    table, counts = ev.class_table(np.eye(4, dtype=np.float32)[hard])
+    table, counts = training.class_table(np.eye(4, dtype=np.float32)[hard])
     np.testing.assert_array_equal(counts, [5, 7, 5])
     seen = set()
     for i in range(40):
-        idx = np.asarray(ev.balanced_batch(jax.random.key(i), table, counts, 4))
+        idx = np.asarray(training.balanced_batch(jax.random.key(i), table, counts, 4))
         chex.assert_shape(idx, (12,))
         np.testing.assert_array_equal(hard[idx], np.repeat([0, 2, 3], 4))  # equal counts, class-major
         for c in range(3):

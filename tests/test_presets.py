@@ -8,10 +8,11 @@ import jax
 import numpy as np
 import pytest
 
-from jaxdd import distillation, initial, presets
+from jaxdd import distillation, experts, initial, presets
 from jaxdd.cli import main
 from jaxdd.data.dataset import Dataset
-from jaxdd.models import default_depth
+from jaxdd.errors import JaxddError
+from jaxdd.models import default_depth, network_defaults
 
 
 def test_published_noise_init_has_unit_norm_per_image(digits, key):
@@ -108,3 +109,51 @@ def test_generic_preset_resolves_the_depth_for_the_image_size_and_records_it(sid
     run = distillation.prepare(ds, "rat-bptt", 1, 0, width=4, unroll_steps=4, window=2, real_batch=8)
     assert run.settings.depth == depth and run.record["evaluation"]["depth"] == depth
     assert presets.resolve("rat-bptt", "my-set", 1).depth == 0  # resolved only once the images are known
+
+
+@pytest.mark.parametrize("method, overrides", [("bptt", {}), ("rat-bptt", {"schedule": "full"}),
+                                               ("boost", {"inner_method": "bptt"})])
+def test_full_schedule_records_the_window_it_uses(method, overrides):
+    """W = T wherever the schedule is full, decided once: the resolved settings (what settings.json records)
+    say W = T, for the bptt method, --schedule full and Boost-DD's inner bptt alike."""
+    s = presets.resolve(method, "digits", 2, overrides=dict(overrides, unroll_steps=12))
+    assert s.window == s.unroll_steps == 12
+
+
+def test_an_option_the_method_rule_overrides_is_refused():
+    with pytest.raises(JaxddError, match=r"--window 3 does not apply here: --method bptt sets window to 100"):
+        presets.resolve("bptt", "digits", 1, overrides=dict(window=3))
+    assert presets.resolve("bptt", "digits", 1, overrides=dict(window=100)).window == 100  # the same value is fine
+
+
+def test_network_defaults_are_decided_once_for_every_caller(digits):
+    """evaluate, the expert cache and resolution all take the network's unset size from models.network_defaults."""
+    assert network_defaults("convnet", (8, 8, 1)) == {"width": 32, "depth": 1}
+    assert network_defaults("convnet_bn", (32, 32, 3)) == {"width": 128, "depth": 3}
+    assert network_defaults("resnet18", (32, 32, 3)) == {"width": 64, "depth": None}
+    assert network_defaults("mlp", (8, 8, 1), width=16) == {"width": 16, "depth": 2}
+    settings = experts.resolve_settings(digits, num_experts=1, epochs=1)
+    assert (settings["width"], settings["depth"]) == (32, 1)
+    facts = presets.DataFacts.of(digits)
+    assert presets.resolve("mtt", "digits", 1, facts=facts).depth == 2  # the CPU preset names depth 2
+    assert presets.resolve("mtt", "my-set", 1, facts=facts).depth == 1  # images32: depth 0 -> 8 px -> 1
+
+
+def test_label_lr_means_the_same_for_every_method():
+    """--label-lr: the labels' outer rate, 0 meaning the images' --outer-lr, in the BPTT family and matching."""
+    bptt = presets.resolve("rat-bptt", "digits", 1, overrides=dict(outer_lr=0.02))
+    mtt = presets.resolve("mtt", "digits", 1, overrides=dict(label_lr=0.0))
+    assert bptt.labels_lr() == 0.02 and mtt.labels_lr() == mtt.outer_lr == 30.0
+    assert presets.resolve("mtt", "digits", 1).labels_lr() == 2.0
+
+
+def test_boost_block_zero_is_one_line():
+    with pytest.raises(JaxddError, match="--block must be at least 1"):
+        presets.resolve("boost", "digits", 2, overrides=dict(block=0))
+
+
+def test_selmatch_ratio_sets_the_ipc_from_the_data_set(digits):
+    settings, ipc, dataset = presets.resolve_run("selmatch", "digits", 1, overrides=dict(ratio=0.05),
+                                                 load=lambda s: digits)
+    total = len(digits.x_train) + len(digits.x_val)
+    assert ipc == int(np.floor(0.05 * total / 10 + 0.5)) and dataset is digits and settings.ratio == 0.05

@@ -22,7 +22,7 @@ import torch_reference as tr  # noqa: E402
 
 from jaxdd.methods import bptt  # noqa: E402
 from jaxdd.models import make_model  # noqa: E402
-from jaxdd.presets import Settings  # noqa: E402
+from jaxdd.methods.bptt import BPTTSettings as Settings  # noqa: E402
 
 SHAPE = (8, 8, 1)
 C, IPC, WIDTH, DEPTH = 10, 2, 8, 2

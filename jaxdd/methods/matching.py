@@ -1,6 +1,6 @@
 """Trajectory matching (MTT, Cazenavette et al. CVPR 2022; DATM refinements): docs/methods/matching.md.
 
-Each outer step picks an expert trajectory (networks trained on the real data, jaxdd/experts.py) and a
+Each outer step picks an expert trajectory (networks trained on the real data, jaxdd/experts/) and a
 start epoch t; from θ_0 = τ_t it trains N SGD steps on the synthetic set with a learnable scalar lr
 and matches the expert M epochs later: L = ‖θ_N − τ_{t+M}‖² / ‖τ_t − τ_{t+M}‖². The N steps are the
 unroll core's window (full BPTT with remat); images and lr are updated by SGD with momentum.
