@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import jaxdd
+from helpers import probe_stats
 from jaxdd import autotrunc as at
 from jaxdd import hessian, inner
 from jaxdd.models import make_model
@@ -59,7 +60,7 @@ def test_ema_table_approaches_probe_statistics(digits):
     def probe(k):
         k_init, k_steps = jax.random.split(k)
         params, state = model.init(k_init)
-        return at.probe_stats(step, inner.init_carry(params, state, cfg), theta, jax.random.split(k_steps, T))
+        return probe_stats(step, inner.init_carry(params, state, cfg), theta, jax.random.split(k_steps, T))
 
     probes = jax.jit(jax.vmap(probe))
     # same networks and keys: full-length runs fill the table with exactly the probe's statistics
