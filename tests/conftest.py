@@ -22,6 +22,18 @@ def key():
     return jax.random.key(0)
 
 
+# One tiny distillation for the tests where the point is exactness, not accuracy: a 4-wide depth-1 network,
+# T 6, W 3, 64 real images per outer step, and a 2-network, 20-step evaluation.
+TINY_SETTINGS = dict(width=4, depth=1, unroll_steps=6, window=3, real_batch=64, eval_steps=20, eval_models=2)
+
+
+@pytest.fixture
+def tiny():
+    """The shared tiny distillation settings (`TINY_SETTINGS`), a fresh dict per test: ``distill(..., **tiny)``.
+    A test file that adds settings of its own overrides it: ``def tiny(tiny): return {**tiny, ...}``."""
+    return dict(TINY_SETTINGS)
+
+
 # Tests compile many identical jitted steps (every distill() call builds its own closure): a persistent
 # compilation cache makes repeats cheap within one run.
 jax.config.update("jax_compilation_cache_dir", os.environ.get("JAXDD_TEST_JAX_CACHE", "/tmp/jaxdd-test-jax-cache"))

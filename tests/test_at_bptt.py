@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 import jaxdd
+from helpers import probe_stats
 from jaxdd import autotrunc as at
-from jaxdd import hessian, inner
+from jaxdd import distillation, hessian, inner
 from jaxdd.models import make_model
 from jaxdd.unroll import run_prefix
 
@@ -59,7 +60,7 @@ def test_ema_table_approaches_probe_statistics(digits):
     def probe(k):
         k_init, k_steps = jax.random.split(k)
         params, state = model.init(k_init)
-        return at.probe_stats(step, inner.init_carry(params, state, cfg), theta, jax.random.split(k_steps, T))
+        return probe_stats(step, inner.init_carry(params, state, cfg), theta, jax.random.split(k_steps, T))
 
     probes = jax.jit(jax.vmap(probe))
     # same networks and keys: full-length runs fill the table with exactly the probe's statistics
@@ -362,3 +363,17 @@ def test_hvp_with_the_native_convolution_and_low_rank_distillation(digits):
 
 def optax_tree_vdot(a, b):
     return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_at_bptt_distils_digits_better_than_random_real(digits):
+    """at-bptt through the method registry, the masked window and the same evaluation as every method.
+
+    Cheap setting (ConvNet w16 d1, T 20, W 10 ± 3, 150 steps): measured 87.2 % against 71.9 % for the
+    same random real images (seed 0); the 20-point comparison of the issue is made at the preset in the
+    issue note. Asserted with room: +10 points."""
+    r = distillation.distill(digits, "at-bptt", ipc=1, steps=150, progress=False, width=16, depth=1,
+                             unroll_steps=20, window=10, delta=3, eval_models=4)
+    windows = {row["window"] for row in r.metrics}
+    assert len(windows) > 1 and min(windows) >= 7 and max(windows) <= 13, windows
+    assert all(row["prefix"] + row["window"] <= 20 for row in r.metrics)
+    assert r.evaluation["accuracy_mean"] > r.baseline["accuracy_mean"] + 0.10, (r.evaluation, r.baseline)

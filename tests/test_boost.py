@@ -11,23 +11,26 @@ from jaxdd.cli import main
 from jaxdd.errors import JaxddError
 from jaxdd.methods.boost import block_rows
 
-TINY = dict(width=4, depth=1, unroll_steps=6, window=3, real_batch=64, eval_steps=20, eval_models=2,
-            checkpoint_every=2, init="noise", outer_lr=0.05)
+
+@pytest.fixture
+def tiny(tiny):
+    """The shared tiny settings, checkpointing every 2 steps, from noise, outer lr 0.05."""
+    return {**tiny, "checkpoint_every": 2, "init": "noise", "outer_lr": 0.05}
 
 
-def _boost(digits, steps, beta, out=None, resume=False, **kw):
+def _boost(digits, tiny, steps, beta, out=None, resume=False, **kw):
     return distillation.distill(digits, "boost", ipc=4, steps=steps, out=out, resume=resume, progress=False,
-                                final_eval=False, block=2, beta=beta, block_steps=3, **{**TINY, **kw})
+                                final_eval=False, block=2, beta=beta, block_steps=3, **{**tiny, **kw})
 
 
 def _block(images, b, ipc=4, block=2):
     return images.reshape((10, ipc) + images.shape[1:])[:, b * block:(b + 1) * block]
 
 
-def test_beta_zero_freezes_old_blocks_and_beta_moves_them_less(digits):
-    after_block1 = _boost(digits, 3, 0.0)  # block 1 only (3 steps per block)
-    frozen = _boost(digits, 6, 0.0)
-    moving = _boost(digits, 6, 0.3)
+def test_beta_zero_freezes_old_blocks_and_beta_moves_them_less(digits, tiny):
+    after_block1 = _boost(digits, tiny, 3, 0.0)  # block 1 only (3 steps per block)
+    frozen = _boost(digits, tiny, 6, 0.0)
+    moving = _boost(digits, tiny, 6, 0.3)
     first = after_block1.images.reshape((10, 2) + after_block1.images.shape[1:])
     np.testing.assert_array_equal(_block(frozen.images, 0), first)
     np.testing.assert_array_equal(frozen.arrays["row_block"], block_rows(10, 2, 2))
@@ -35,22 +38,22 @@ def test_beta_zero_freezes_old_blocks_and_beta_moves_them_less(digits):
     assert old_moved > 1e-5
     # over the same 3 steps of block 2 the new block (rate 1) moves more than the old one (rate 0.3): the new
     # block's start is the same fresh draw in every run, read from a run whose outer lr is negligible
-    start = _block(_boost(digits, 6, 0.0, outer_lr=1e-12).images, 1)
+    start = _block(_boost(digits, tiny, 6, 0.0, outer_lr=1e-12).images, 1)
     new_moved = np.abs(_block(moving.images, 1) - start).mean()
     assert 1.5 * old_moved < new_moved, (old_moved, new_moved)
 
 
-def test_prefixes_are_class_major_blocks(digits):
-    r = _boost(digits, 6, 0.1)
+def test_prefixes_are_class_major_blocks(digits, tiny):
+    r = _boost(digits, tiny, 6, 0.1)
     np.testing.assert_array_equal(r.labels, np.repeat(np.arange(10), 4))
     np.testing.assert_array_equal(r.arrays["row_block"], np.tile([0, 0, 1, 1], 10))
 
 
 @pytest.mark.parametrize("init", ["noise", "means"])  # means: block 2 starts from centroids beside block 1
-def test_resume_in_block_two_equals_uninterrupted(digits, tmp_path, init):
-    full = _boost(digits, 6, 0.1, init=init)
-    _boost(digits, 4, 0.1, out=tmp_path / "b", init=init)  # stops in block 2 (checkpoint at step 4)
-    resumed = _boost(digits, 6, 0.1, out=tmp_path / "b", resume=True, init=init)
+def test_resume_in_block_two_equals_uninterrupted(digits, tiny, tmp_path, init):
+    full = _boost(digits, tiny, 6, 0.1, init=init)
+    _boost(digits, tiny, 4, 0.1, out=tmp_path / "b", init=init)  # stops in block 2 (checkpoint at step 4)
+    resumed = _boost(digits, tiny, 6, 0.1, out=tmp_path / "b", resume=True, init=init)
     np.testing.assert_array_equal(resumed.images, full.images)
     rows = [json.loads(line) for line in open(tmp_path / "b" / "metrics.jsonl")]
     assert [r["step"] for r in rows] == list(range(1, 7))
@@ -95,7 +98,7 @@ def test_fresh_block_means_settle_where_the_existing_images_leave_the_class_unco
         np.testing.assert_allclose(plain[0], x[:40].mean(0), atol=1e-5)
 
 
-def test_fresh_init_means_starts_block_two_from_centroids_beside_block_one(digits):
+def test_fresh_init_means_starts_block_two_from_centroids_beside_block_one(digits, tiny):
     """--fresh-init means: block 2 starts from centroids placed beside block 1, so the four starts per class
     cover the class's training images better (k-means cost) than block 1 plus random real images do.
     Read at a negligible outer lr, so block 1 is the same in both runs and the starts are where they began."""
@@ -105,19 +108,19 @@ def test_fresh_init_means_starts_block_two_from_centroids_beside_block_one(digit
         c = np.asarray(images, np.float64).reshape(10, 4, -1)
         return sum(((x[y == k][:, None] - c[k][None]) ** 2).sum(-1).min(1).sum() for k in range(10))
 
-    beside = _boost(digits, 4, 0.0, outer_lr=1e-12, fresh_init="means", init="means")
-    real = _boost(digits, 4, 0.0, outer_lr=1e-12, fresh_init="real", init="means")
+    beside = _boost(digits, tiny, 4, 0.0, outer_lr=1e-12, fresh_init="means", init="means")
+    real = _boost(digits, tiny, 4, 0.0, outer_lr=1e-12, fresh_init="real", init="means")
     np.testing.assert_allclose(_block(beside.images, 0), _block(real.images, 0), atol=1e-6)
     assert cost(beside.images) < 0.9 * cost(real.images), (cost(beside.images), cost(real.images))
-    auto = _boost(digits, 4, 0.0, outer_lr=1e-12, init="means")  # --fresh-init auto: means for --init means
+    auto = _boost(digits, tiny, 4, 0.0, outer_lr=1e-12, init="means")  # --fresh-init auto: means for --init means
     np.testing.assert_allclose(auto.images, beside.images, atol=1e-6)
     with pytest.raises(JaxddError, match="--fresh-init"):
-        _boost(digits, 1, 0.0, fresh_init="kmeans")
+        _boost(digits, tiny, 1, 0.0, fresh_init="kmeans")
 
 
-def test_bad_block_settings(digits):
+def test_bad_block_settings(digits, tiny):
     with pytest.raises(JaxddError, match="multiple of --block"):
-        distillation.distill(digits, "boost", ipc=3, steps=1, progress=False, final_eval=False, block=2, **TINY)
+        distillation.distill(digits, "boost", ipc=3, steps=1, progress=False, final_eval=False, block=2, **tiny)
 
 
 @pytest.mark.slow

@@ -15,34 +15,36 @@ from jaxdd.methods import bptt
 from jaxdd.models import make_model
 from jaxdd.outer import clip_by_ema_norm
 
-# A deliberately tiny setting: the point is exactness, not accuracy.
-TINY = dict(width=4, depth=1, unroll_steps=6, window=3, real_batch=64, eval_steps=20, eval_models=2,
-            checkpoint_every=3, augment="flip_rotate", real_augment="flip_rotate")
+
+@pytest.fixture
+def tiny(tiny):
+    """The shared tiny settings (the point is exactness, not accuracy), checkpointing every 3 steps and augmenting."""
+    return {**tiny, "checkpoint_every": 3, "augment": "flip_rotate", "real_augment": "flip_rotate"}
 
 
-def _run(digits, tmp, steps, **kw):
+def _run(digits, tiny, tmp, steps, **kw):
     return distill_lib.distill(digits, "rat-bptt", ipc=2, steps=steps, out=tmp, progress=False, final_eval=False,
-                               seed=3, **{**TINY, **kw})
+                               seed=3, **{**tiny, **kw})
 
 
-def test_same_seed_gives_identical_outputs(digits, tmp_path):
-    a = _run(digits, tmp_path / "a", 4)
-    b = _run(digits, tmp_path / "b", 4)
+def test_same_seed_gives_identical_outputs(digits, tiny, tmp_path):
+    a = _run(digits, tiny, tmp_path / "a", 4)
+    b = _run(digits, tiny, tmp_path / "b", 4)
     np.testing.assert_array_equal(a.images, b.images)
     chex.assert_shape(a.images, (20, 8, 8, 1))
     chex.assert_shape(a.labels, (20,))
     np.testing.assert_array_equal(a.labels, np.repeat(np.arange(10), 2))  # class-major
-    c = distill_lib.distill(digits, "rat-bptt", ipc=2, steps=4, progress=False, final_eval=False, seed=4, **TINY)
+    c = distill_lib.distill(digits, "rat-bptt", ipc=2, steps=4, progress=False, final_eval=False, seed=4, **tiny)
     assert not np.allclose(a.images, c.images)
 
 
-def test_resume_continues_exactly(digits, tmp_path):
-    full = _run(digits, tmp_path / "full", 6)
-    _run(digits, tmp_path / "part", 3)  # stops after 3 steps, checkpoint at 3
+def test_resume_continues_exactly(digits, tiny, tmp_path):
+    full = _run(digits, tiny, tmp_path / "full", 6)
+    _run(digits, tiny, tmp_path / "part", 3)  # stops after 3 steps, checkpoint at 3
     with pytest.raises(JaxddError, match="--resume"):
-        _run(digits, tmp_path / "part", 6)
+        _run(digits, tiny, tmp_path / "part", 6)
     resumed = distill_lib.distill(digits, "rat-bptt", ipc=2, steps=6, out=tmp_path / "part", resume=True,
-                                  progress=False, final_eval=False, seed=3, **TINY)
+                                  progress=False, final_eval=False, seed=3, **tiny)
     np.testing.assert_array_equal(resumed.images, full.images)
     rows = [json.loads(line) for line in open(tmp_path / "part" / "metrics.jsonl")]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
@@ -54,15 +56,15 @@ def test_resume_continues_exactly(digits, tmp_path):
     assert os.path.getsize(tmp_path / "part" / "grid.png") > 1000
 
 
-def test_resume_with_different_settings_is_refused(digits, tmp_path):
-    _run(digits, tmp_path / "r", 3)
+def test_resume_with_different_settings_is_refused(digits, tiny, tmp_path):
+    _run(digits, tiny, tmp_path / "r", 3)
     with pytest.raises(JaxddError, match="different"):
         distill_lib.distill(digits, "rat-bptt", ipc=2, steps=6, out=tmp_path / "r", resume=True, progress=False,
-                            final_eval=False, seed=3, **{**TINY, "window": 2})
+                            final_eval=False, seed=3, **{**tiny, "window": 2})
 
 
-def test_nan_meta_gradient_is_skipped_and_counted(digits):
-    run = distill_lib.prepare(digits, "rat-bptt", 1, 1, **{**TINY, "init": "noise"})
+def test_nan_meta_gradient_is_skipped_and_counted(digits, tiny):
+    run = distill_lib.prepare(digits, "rat-bptt", 1, 1, **{**tiny, "init": "noise"})
     meth, state = run.method, run.state
     x = jnp.asarray(digits.x_train[:64])
     y = jnp.asarray(digits.y_train[:64])
@@ -90,14 +92,14 @@ def test_ema_clipping_follows_the_rule():
     np.testing.assert_allclose(float(jnp.linalg.norm(u["a"])), 19.0, rtol=1e-6)
 
 
-def test_learned_labels_stay_non_negative(digits):
+def test_learned_labels_stay_non_negative(digits, tiny):
     r = distill_lib.distill(digits, "rat-bptt", ipc=1, steps=3, progress=False, final_eval=False,
-                            learn_labels=True, label_lr=0.5, **TINY)
+                            learn_labels=True, label_lr=0.5, **tiny)
     chex.assert_shape(r.labels, (10, 10))
     assert (r.labels >= 0).all() and not np.allclose(r.labels, np.eye(10))
 
 
-def test_bad_inputs_give_one_line_errors(digits):
+def test_bad_inputs_give_one_line_errors(digits, tiny):
     cases = [
         (dict(method="nope"), "unknown method"),
         (dict(ipc=10_000), "larger than the smallest class"),
@@ -106,7 +108,7 @@ def test_bad_inputs_give_one_line_errors(digits):
         (dict(bogus=1), "unknown setting"),
     ]
     for kw, msg in cases:
-        args = dict(method="rat-bptt", ipc=1, steps=1, progress=False, final_eval=False, **TINY)
+        args = dict(method="rat-bptt", ipc=1, steps=1, progress=False, final_eval=False, **tiny)
         args.update(kw)
         with pytest.raises(JaxddError, match=msg) as e:
             distill_lib.distill(digits, **args)

@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import TEST_CONVS
 from jaxdd import models, xla_options
-from jaxdd.models import CONV_IMPLS, conv2d, instance_norm, make_model
+from jaxdd.models import conv2d, instance_norm, make_model
 
 
 def derivatives(f, x, w):
@@ -26,9 +27,13 @@ def max_rel_err(a, b):
     return max(float(jnp.max(jnp.abs(p - q)) / jnp.max(jnp.abs(q))) for p, q in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-@pytest.mark.parametrize("impl", [i for i in CONV_IMPLS if i != "xla"])
+@pytest.mark.parametrize("impl", ["native", *TEST_CONVS])
 @pytest.mark.parametrize("stride,padding,k", [(1, 1, 3), (2, 1, 3), (1, 0, 1), (2, 0, 1), (1, 0, 3), (1, 2, 3)])
-def test_conv_impls_match_xla_to_third_order(impl, stride, padding, k):
+def test_conv_impls_match_xla_to_third_order(impl, stride, padding, k, monkeypatch):
+    """The library's "native" convolution, and the tests' im2col ("shifted") and per-tap ("taps") references
+    looked up by name through `models.CONVS` as a model would, against XLA's."""
+    if impl in TEST_CONVS:
+        monkeypatch.setitem(models.CONVS, impl, TEST_CONVS[impl])
     rng = np.random.default_rng(0)
     with jax.enable_x64(True):
         x = jnp.asarray(rng.standard_normal((2, 9, 9, 3)))

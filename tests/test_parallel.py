@@ -12,12 +12,15 @@ from jaxdd.errors import JaxddError
 from jaxdd.methods import bptt
 from jaxdd.models import make_model
 
-TINY = dict(width=4, depth=1, unroll_steps=6, window=3, real_batch=64, eval_steps=20, eval_models=2,
-            checkpoint_every=2, augment="flip_rotate", real_augment="flip_rotate")
+
+@pytest.fixture
+def tiny(tiny):
+    """The shared tiny settings, checkpointing every 2 steps and augmenting."""
+    return {**tiny, "checkpoint_every": 2, "augment": "flip_rotate", "real_augment": "flip_rotate"}
 
 
-def _method(digits, mesh, population, **kw):
-    run = distillation.prepare(digits, "rat-bptt", 1, 1, mesh=mesh, **{**TINY, "init": "noise",
+def _method(digits, tiny, mesh, population, **kw):
+    run = distillation.prepare(digits, "rat-bptt", 1, 1, mesh=mesh, **{**tiny, "init": "noise",
                                                                         "population": population, **kw})
     batch = (jnp.asarray(digits.x_train[:64]), jnp.asarray(digits.y_train[:64]))
     return run.settings, run.method, run.state, batch
@@ -34,13 +37,13 @@ def _sharded_step(meth, mesh, state, batch, key):
 
 
 @pytest.mark.parametrize("population", [8, 2])
-def test_sharded_step_equals_single_device(digits, population):
+def test_sharded_step_equals_single_device(digits, tiny, population):
     """Population 8 (one network per device) and 2 (networks replicated, real batch rows split)."""
     mesh = parallel.make_mesh(8)
     key = jax.random.key(7)
-    _, single, state, batch = _method(digits, None, population)
+    _, single, state, batch = _method(digits, tiny, None, population)
     ref_state, ref_m = jax.jit(single.step)(state, batch, key)
-    _, sharded, state, batch = _method(digits, mesh, population)
+    _, sharded, state, batch = _method(digits, tiny, mesh, population)
     before = np.asarray(_images(state))  # the step donates its state
     new_state, m = _sharded_step(sharded, mesh, state, batch, key)
     chex.assert_trees_all_close(jax.device_get(m), jax.device_get(ref_m), rtol=1e-5, atol=1e-6)
@@ -49,9 +52,9 @@ def test_sharded_step_equals_single_device(digits, population):
     assert _images(new_state).sharding.is_fully_replicated
 
 
-def test_arrays_are_split_as_intended(digits):
+def test_arrays_are_split_as_intended(digits, tiny):
     mesh = parallel.make_mesh(8)
-    _, meth, state, batch = _method(digits, mesh, 8)
+    _, meth, state, batch = _method(digits, tiny, mesh, 8)
     batch = jax.device_put(batch, parallel.batch_sharding(mesh))
     assert batch[0].sharding.spec == P("data")
     chex.assert_shape([s.data for s in batch[0].addressable_shards], [(8, 8, 8, 1)] * 8)  # 64 rows / 8 devices
@@ -63,14 +66,14 @@ def test_arrays_are_split_as_intended(digits):
         assert leaf.addressable_shards[0].data.shape[0] == 1  # one member per device
     chex.assert_shape(real_x, (8, 8, 8, 8, 1))
     # population not a multiple of the devices: members replicated, their real batch rows split
-    _, meth2, state2, _ = _method(digits, mesh, 2)
+    _, meth2, state2, _ = _method(digits, tiny, mesh, 2)
     real_x2 = jax.jit(meth2.members)(state2, batch, jax.random.key(0))["real_x"]
     assert real_x2.sharding.is_equivalent_to(NamedSharding(mesh, P(None, "data")), 5)
     chex.assert_shape(real_x2.addressable_shards[0].data, (2, 4, 8, 8, 1))
 
 
-def test_population_one_is_the_single_network_estimator(digits):
-    s, meth, state, batch = _method(digits, None, 1)
+def test_population_one_is_the_single_network_estimator(digits, tiny):
+    s, meth, state, batch = _method(digits, tiny, None, 1)
     key = jax.random.key(3)
     new_state, m = jax.jit(meth.step)(state, batch, key)
     m_in = meth.members(state, batch, key)
@@ -97,29 +100,29 @@ def _same_set(a, b):
     assert diff.max() < 2e-3 and diff.mean() < 2e-5, (diff.max(), diff.mean())
 
 
-def _distill(digits, out, steps, mesh, resume=False, population=8):
+def _distill(digits, tiny, out, steps, mesh, resume=False, population=8):
     return distillation.distill(digits, "rat-bptt", ipc=1, steps=steps, out=out, resume=resume, progress=False,
-                                final_eval=False, seed=5, mesh=mesh, **{**TINY, "population": population})
+                                final_eval=False, seed=5, mesh=mesh, **{**tiny, "population": population})
 
 
-def test_population_8_same_on_8_devices_and_1(digits):
-    a = _distill(digits, None, 2, parallel.make_mesh(8))
-    b = _distill(digits, None, 2, parallel.make_mesh(1))
+def test_population_8_same_on_8_devices_and_1(digits, tiny):
+    a = _distill(digits, tiny, None, 2, parallel.make_mesh(8))
+    b = _distill(digits, tiny, None, 2, parallel.make_mesh(1))
     _same_set(a.images, b.images)
 
 
 @pytest.mark.parametrize("first,second", [(8, 1), (1, 8)])
-def test_checkpoint_moves_between_device_counts(digits, tmp_path, first, second):
-    ref = _distill(digits, None, 4, None)
-    _distill(digits, tmp_path, 2, parallel.make_mesh(first) if first > 1 else None)
-    resumed = _distill(digits, tmp_path, 4, parallel.make_mesh(second) if second > 1 else None, resume=True)
+def test_checkpoint_moves_between_device_counts(digits, tiny, tmp_path, first, second):
+    ref = _distill(digits, tiny, None, 4, None)
+    _distill(digits, tiny, tmp_path, 2, parallel.make_mesh(first) if first > 1 else None)
+    resumed = _distill(digits, tiny, tmp_path, 4, parallel.make_mesh(second) if second > 1 else None, resume=True)
     _same_set(resumed.images, ref.images)
 
 
-def test_images_sharded_along_the_image_axis(digits):
+def test_images_sharded_along_the_image_axis(digits, tiny):
     """shard_images splits the set and its Adam moments over the devices; the result is unchanged."""
     mesh = parallel.make_mesh(2)
-    _, meth, state, batch = _method(digits, mesh, 2, shard_images=True)
+    _, meth, state, batch = _method(digits, tiny, mesh, 2, shard_images=True)
     sh = parallel.state_shardings(mesh, state, num_images=10)
     assert _images(sh).spec == P("data") and sh.consts["labels"].spec == P("data")
     assert sh.method_state["prefix"].spec == P()
@@ -127,7 +130,7 @@ def test_images_sharded_along_the_image_axis(digits):
     batch = jax.device_put(batch, parallel.batch_sharding(mesh))
     new_state, _ = parallel.jit_step(meth.step, mesh, state, num_images=10)(state, batch, jax.random.key(7))
     assert _images(new_state).addressable_shards[0].data.shape[0] == 5
-    _, single, state1, batch1 = _method(digits, None, 2)
+    _, single, state1, batch1 = _method(digits, tiny, None, 2)
     ref, _ = jax.jit(single.step)(state1, batch1, jax.random.key(7))
     _same_set(_images(new_state), _images(ref))  # float32 summation order, amplified by Adam's first step
 
@@ -140,9 +143,9 @@ def test_evaluation_sharded_over_models(digits):
     np.testing.assert_allclose(a["accuracies"], b["accuracies"], atol=2 / len(digits.y_test))
 
 
-def test_bad_device_settings(digits):
+def test_bad_device_settings(digits, tiny):
     with pytest.raises(JaxddError, match="--devices 9 is not available"):
         parallel.make_mesh(9)
     with pytest.raises(JaxddError, match="multiple of --devices 8"):
         distillation.distill(digits, "rat-bptt", ipc=1, steps=1, progress=False, final_eval=False,
-                             mesh=parallel.make_mesh(8), **{**TINY, "real_batch": 60, "population": 2})
+                             mesh=parallel.make_mesh(8), **{**tiny, "real_batch": 60, "population": 2})

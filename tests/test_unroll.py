@@ -6,10 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import python_unroll
 from jaxdd import inner, outer
 from jaxdd.methods import bptt
 from jaxdd.models import make_model
-from jaxdd.unroll import python_unroll, run_prefix, run_window, unroll
+from jaxdd.unroll import run_prefix, run_window, unroll
 
 IPC, C, HW = 2, 3, 4
 
