@@ -29,7 +29,7 @@ def test_behaviour_fixture_from_before_the_refactor(monkeypatch):
     resolve = models.resolve_conv_impl
     monkeypatch.setattr(models, "resolve_conv_impl", lambda conv: "shifted" if conv == "auto" else resolve(conv))
     run = distillation.prepare("digits", "rat-bptt", 1, 20, seed=0, **_FIXTURE_SETTINGS)  # what distill() runs
-    start = np.asarray(distillation._finalize(run, run.state)["images"])
+    start = np.asarray(distillation.finalize_arrays(run, run.state)["images"])
     distillation.loop(run, progress=False)
     r = distillation.finish(run, final_eval=False)
     with np.load(FIXTURE) as f:
