@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxdd import checkpoint, compile_cache, data, methods, parallel, presets, rundir, synthetic
+from jaxdd import checkpoint, compile_cache, data, methods, parallel, presets, rundir, stopping, synthetic
 from jaxdd.errors import Interrupted, require, signal_name, warn
 from jaxdd.evaluation import evaluate
 from jaxdd.initial import initial_set
@@ -63,6 +63,7 @@ class Run:
     mgr: Any = None
     rows: list = dataclasses.field(default_factory=list)
     primary: bool = True
+    best: tuple | None = None  # --stop plateau: (step, validation accuracy, arrays) of the best evaluation
 
 
 def _load(dataset, seed: int, cache_dir=None):
@@ -152,7 +153,8 @@ def _open_run_folder(run: Run, resume: bool) -> None:
         saved = rundir.read_settings(run.out) or {}
         diff = sorted(k for k in ("method", "ipc", "seed", "dataset") if saved.get(k) != run.record[k])
         old, new = saved.get("settings", {}), run.record["settings"]
-        diff += sorted(k for k in new if k not in RESUMABLE and old.get(k) != new[k])
+        resumable = RESUMABLE - (PLATEAU_RULED if new.get("stop") == "plateau" else set())
+        diff += sorted(k for k in new if k not in resumable and old.get(k) != new[k])
         require(not diff, f"--resume with different {', '.join(diff)} than the run in {run.out}: use the same "
                           f"options or another --out")
         run.steps = max(run.steps, int(saved.get("steps", 0)))
@@ -168,6 +170,7 @@ def _open_run_folder(run: Run, resume: bool) -> None:
 
 # settings that do not change the result: a resume may change them
 RESUMABLE = {"checkpoint_every", "eval_every", "eval_steps", "eval_models"}
+PLATEAU_RULED = {"eval_every", "eval_steps", "eval_models"}  # with --stop plateau, evaluations decide the result
 
 
 class StopOnSignal:
@@ -214,10 +217,12 @@ def loop(run: Run, *, progress=True) -> None:
         run.state, step_fn = jitted(run.state)
         base_key = jax.random.wrap_key_data(np.asarray(jax.device_get(run.state.key)))  # a copy: state is donated
         start = int(run.state.step)
+        watch = _watch(run, report)
+        end = start if watch is not None and watch.stopped else run.steps  # a run the rule stopped stays stopped
         report.start(start, run.steps, f"{run.record['method']} IPC {run.record['ipc']} on {run.record['dataset']}")
         t0, clock, first = time.perf_counter(), compile_cache.compile_clock(), ""
         try:
-            for n in range(start, run.steps):
+            for n in range(start, end):
                 if meth.grow is not None:
                     grown = meth.grow(run.state, n)
                     if jax.tree.structure(grown) != jax.tree.structure(run.state):
@@ -226,8 +231,12 @@ def loop(run: Run, *, progress=True) -> None:
                 state, m = step_fn(run.state, meth.batch(n, k_batch), k_step)
                 row = dict(step=n + 1, **{k: float(v) for k, v in jax.device_get(m).items()},
                            seconds=round(time.perf_counter() - t0, 3))
-                if settings.eval_every and (n + 1) % settings.eval_every == 0 and n + 1 < run.steps:
-                    row["val_accuracy"] = evaluate_set(run, finalize_arrays(run, state), split="val")["accuracy_mean"]
+                last = n + 1 == run.steps  # finish scores the last set, unless the rule needs it
+                if settings.eval_every and (n + 1) % settings.eval_every == 0 and (not last or watch is not None):
+                    arrays = finalize_arrays(run, state)
+                    row["val_accuracy"] = evaluate_set(run, arrays, split="val")["accuracy_mean"]
+                    if watch is not None:
+                        state, watch = _watch_step(run, state, watch, row, arrays, report)
                 run.state = state
                 run.rows.append(row)
                 if run.out is not None and run.primary:
@@ -238,7 +247,7 @@ def loop(run: Run, *, progress=True) -> None:
                     first = (f"; the first step took {row['seconds']:.1f} s, "
                              + compile_cache.describe(clock, compile_cache.compile_clock()))
                 report.step(row)
-                if stop.signum is not None:
+                if stop.signum is not None or (watch is not None and watch.stopped):
                     break
         except KeyboardInterrupt as err:  # only where no handler could be installed (not the main thread)
             stop.signum = getattr(err, "signum", signal.SIGINT)
@@ -252,7 +261,51 @@ def loop(run: Run, *, progress=True) -> None:
                  f"--resume to continue" if run.mgr is not None else "nothing saved (no output folder)")
         raise Interrupted(f"stopped by {signal_name(stop.signum)} after step {done} of {run.steps}; {saved}",
                           stop.signum)
-    report.note(f"{done} steps done in {report.elapsed():.1f} s{first}")
+    ended = " (the plateau rule stopped the run)" if watch is not None and watch.stopped else ""
+    report.note(f"{done} steps done{ended} in {report.elapsed():.1f} s{first}")
+
+
+def _watch(run: Run, report: Progress):
+    """The plateau rule's state where the run starts (None with --stop steps): replayed from the metrics
+    rows up to the checkpoint, with the best set so far read back from best.npz."""
+    s = run.settings
+    if s.stop != "plateau":
+        return None
+    positions = run.method.curriculum.positions if run.method.curriculum is not None else 1
+    watch = stopping.replay(run.rows, patience=s.patience, positions=positions)
+    if watch.best_step and run.best is None and run.out is not None:
+        best = rundir.read_best(run.out)  # of this step or of a later one, which the run recomputes exactly
+        if best is not None and best[0] >= watch.best_step:
+            run.best = best
+        else:
+            warn(f"{rundir.path(run.out, rundir.BEST)} is missing or older than the best evaluation (step "
+                 f"{watch.best_step}): the run's last set will be its result unless a later evaluation is better")
+    if watch.stopped:
+        report.note(f"the plateau rule stopped this run at step {int(run.state.step)}")
+    return watch
+
+
+def _watch_step(run: Run, state, watch, row: dict, arrays: dict, report: Progress):
+    """One evaluation through the plateau rule: keep (and write) a new best set, move the curriculum, or
+    stop; returns (state, watch)."""
+    s, step, value = run.settings, row["step"], row[stopping.VALUE]
+    curriculum = run.method.curriculum
+    watch, event = stopping.update(watch, step, value, patience=s.patience,
+                                   positions=curriculum.positions if curriculum is not None else 1)
+    if event == "best":
+        run.best = (step, value, {k: np.asarray(v) for k, v in arrays.items()})
+        if run.out is not None and run.primary:
+            rundir.write_best(run.out, step, value, run.best[2])
+    elif event == "move":
+        state = curriculum.at(state, watch.position)
+        row["curriculum"] = watch.position
+        report.detail(f"step {step}: no higher validation accuracy for {s.patience} steps: the curriculum moves "
+                      f"to position {watch.position + 1} of {curriculum.positions}")
+    elif event == "stop":
+        row["stopped"] = 1
+        report.detail(f"step {step}: no higher validation accuracy for {s.patience} steps: the run stops; the set "
+                      f"of step {watch.best_step} ({100 * watch.best:.2f} % on validation) is the result")
+    return state, watch
 
 
 def finalize_arrays(run: Run, state) -> dict:
@@ -266,6 +319,10 @@ def finish(run: Run, *, final_eval: bool = True, progress=False) -> DistillResul
     disk before the evaluation starts, so an interrupted evaluation loses nothing."""
     report = progress if isinstance(progress, Progress) else Progress(progress)
     arrays = {k: np.asarray(v) for k, v in finalize_arrays(run, run.state).items()}
+    if run.best is not None:  # --stop plateau: the set of the best validation evaluation
+        arrays = dict(run.best[2])
+        run.record = dict(run.record, best_step=run.best[0], best_val_accuracy=run.best[1],
+                          steps_done=int(run.state.step))
     result = DistillResult(arrays["images"], arrays["labels"], float(arrays["lr"]) if "lr" in arrays else None,
                            run.record, run.rows, run.dataset, out=run.out, arrays=arrays)
     write = run.out is not None and run.primary

@@ -6,6 +6,7 @@
     DIR/grid.png          the images, un-whitened, one row per class
     DIR/curves.png        loss, accuracy, window placement and validation accuracy against meta-steps
     DIR/report.json       a method's extra results (Boost-DD: every prefix's accuracy; report.png plots it)
+    DIR/best.npz          with --stop plateau: the set of the best validation evaluation so far, its step
     DIR/checkpoints/      Orbax checkpoints of the whole state (jaxdd/checkpoint.py)
 """
 
@@ -21,8 +22,8 @@ from jaxdd.errors import JaxddError, require
 from jaxdd.viz import accuracy_by_size, image_grid, learning_curve
 
 SETTINGS, METRICS, DISTILLED, GRID, CURVES = "settings.json", "metrics.jsonl", "distilled.npz", "grid.png", "curves.png"
-REPORT, REPORT_PLOT, CHECKPOINTS = "report.json", "report.png", "checkpoints"
-RESULTS = (DISTILLED, GRID, CURVES, REPORT, REPORT_PLOT, METRICS, SETTINGS)
+REPORT, REPORT_PLOT, CHECKPOINTS, BEST = "report.json", "report.png", "checkpoints", "best.npz"
+RESULTS = (DISTILLED, GRID, CURVES, REPORT, REPORT_PLOT, METRICS, SETTINGS, BEST)
 CURVE_KEYS = ("loss", "accuracy", "prefix", "window", "at_stage", "syn_lr", "val_accuracy")
 
 
@@ -107,6 +108,23 @@ def write_distilled(out: str, arrays: dict, record: dict, class_names, preproces
     os.replace(tmp, path(out, DISTILLED))
     image_grid(arrays["images"], arrays["labels"], class_names, path(out, GRID), preprocessing=preprocessing,
                title=f"{record.get('method')} IPC {record.get('ipc')} on {record.get('dataset')}")
+
+
+def write_best(out: str, step: int, value: float, arrays: dict) -> None:
+    """DIR/best.npz: the set of the best validation evaluation so far (step, its validation accuracy)."""
+    tmp = path(out, BEST + ".tmp.npz")
+    np.savez(tmp, **arrays, best_step=np.int64(step), best_value=np.float64(value))
+    os.replace(tmp, path(out, BEST))
+
+
+def read_best(out: str) -> tuple[int, float, dict] | None:
+    """(step, value, arrays) of DIR/best.npz, or None when there is none (or it cannot be read)."""
+    try:
+        with np.load(path(out, BEST), allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        return int(arrays.pop("best_step")), float(arrays.pop("best_value")), arrays
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):
+        return None
 
 
 def recorded_scores(out: str, images) -> dict:

@@ -12,6 +12,7 @@ import os
 
 from jaxdd.errors import require
 from jaxdd.models import DEPTH_RULE
+from jaxdd.stopping import STOPS
 
 INITS = ("noise", "real", "means")
 LABEL_LR_HELP = "outer learning rate of learned labels, with the images' outer optimizer (0: --outer-lr)"
@@ -47,6 +48,11 @@ class CommonSettings:
     eval_every: int = setting(0, "meta-steps between validation evaluations (0: only at the end)")
     eval_steps: int = setting(300, "training steps of each evaluation network")
     eval_models: int = setting(4, "networks trained per evaluation")
+    stop: str = setting("steps", "when the run ends: steps (after --steps) | plateau (when the validation accuracy, "
+                                 "measured every --eval-every meta-steps, has not risen for --patience meta-steps; "
+                                 "the best set is the result; --steps stays an upper bound)")
+    patience: int = setting(0, "with --stop plateau: meta-steps without a higher validation accuracy before the run "
+                               "stops (or the curriculum of --schedule moving moves on)")
     shard_images: bool = setting(False, "split the synthetic set and its optimizer state over the devices along "
                                         "the image axis (large IPC x classes)")
     checkpoint_every: int = setting(100, "meta-steps between checkpoints (and after the last step, and on Ctrl-C)")
@@ -70,6 +76,9 @@ class CommonSettings:
         require(self.eval_steps >= 1, f"--eval-steps must be at least 1, got {self.eval_steps}")
         require(self.eval_models >= 1, "--eval-models must be at least 1")
         require(self.checkpoint_every >= 1, "--checkpoint-every must be at least 1")
+        require(self.stop in STOPS, f"unknown --stop '{self.stop}': use {' or '.join(STOPS)}")
+        require(self.stop != "plateau" or (self.eval_every >= 1 and self.patience >= 1),
+                "--stop plateau needs --eval-every N and --patience M (meta-steps; e.g. --eval-every 20 --patience 60)")
         return self
 
     def labels_lr(self) -> float:

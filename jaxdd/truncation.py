@@ -29,6 +29,7 @@ class Schedule(NamedTuple):
     update: Callable[[Any, dict], Any]
     max_window: int
     masked: bool = True  # False: every sample's length is max_window (the plain window scan serves)
+    positions: int = 1  # > 1: a curriculum; the state's "position" picks the window (set by the plateau rule)
 
 
 def _i32(x):
@@ -56,7 +57,22 @@ def random(total: int, window: int) -> Schedule:
                                           _i32(window)), window)
 
 
-SCHEDULES = {"full": full, "fixed": fixed, "random": random}
+def moving_prefixes(total: int, window: int) -> tuple[int, ...]:
+    """The prefixes of the moving window: 0, W, 2W, ... capped at T − W (RaT-BPTT's authors' `--cctype 1`
+    with `--minwindow 0`: their curriculum moves by W at each plateau up to T − W)."""
+    return tuple(sorted({min(k * window, total - window) for k in range(-(-(total - window) // window) + 1)}))
+
+
+def moving(total: int, window: int) -> Schedule:
+    """A curriculum: the window starts at prefix 0 and moves by W at each plateau of the validation
+    accuracy (jaxdd/stopping.py) up to the last W of T; state {"position": int32}."""
+    prefixes = jnp.asarray(moving_prefixes(total, window), jnp.int32)
+    return Schedule(init=lambda: {"position": _i32(0)},
+                    sample=lambda state, key: (prefixes[state["position"]], _i32(window)),
+                    update=lambda state, stats: state, max_window=window, masked=False, positions=len(prefixes))
+
+
+SCHEDULES = {"full": full, "fixed": fixed, "random": random, "moving": moving}
 
 
 def check(total: int, window: int) -> None:

@@ -128,6 +128,10 @@ def run(args: argparse.Namespace) -> int:
           f"{last.get('loss', float('nan')):.4f}, {int(last.get('skipped_total', 0))} skipped updates; wrote {out}/")
     summary = {"out": out, "method": args.method, "ipc": result.settings["ipc"], "dataset": args.dataset,
                "steps": result.settings["steps"], "devices": parallel.num_devices(mesh)}
+    if "best_step" in result.settings:  # --stop plateau: the steps run and the evaluation whose set is the result
+        summary.update({k: result.settings[k] for k in ("steps_done", "best_step", "best_val_accuracy")})
+        print(f"--stop plateau: {result.settings['steps_done']} steps run; the result is the set of step "
+              f"{result.settings['best_step']} (validation accuracy {100 * result.settings['best_val_accuracy']:.2f} %)")
     if result.evaluation:
         d, b = result.evaluation, result.baseline
         print(f"test accuracy: distilled {100 * d['accuracy_mean']:.2f} ± {100 * d['accuracy_std']:.2f} %, "

@@ -47,6 +47,7 @@ class Method(NamedTuple):
     grows, as Boost-DD's); it must be deterministic in (state, n). report(arrays, score) -> dict: optional
     extra results after the final evaluation, where score(images, labels) evaluates any set under the
     run's protocol (Boost-DD's table of every prefix); written to report.json. members: for tests.
+    curriculum: optional, what the plateau rule (jaxdd/stopping.py) moves on at a plateau.
     """
 
     init: Callable
@@ -57,6 +58,15 @@ class Method(NamedTuple):
     grow: Callable | None = None
     report: Callable | None = None
     members: Callable | None = None
+    curriculum: "Curriculum | None" = None
+
+
+class Curriculum(NamedTuple):
+    """A method's curriculum: `positions` places, and at(state, position) -> the state with the curriculum
+    at `position` (host-side, between two steps; the position lives in the checkpointed state)."""
+
+    positions: int
+    at: Callable
 
 
 @dataclasses.dataclass(frozen=True)
