@@ -107,7 +107,9 @@ def record(result: dict) -> dict:
 
 def describe(result: dict) -> str:
     """'66.10 ± 4.00 % (5 draws × 4 networks)' for a baseline, '93.82 ± 0.95 % (4 networks)' for a set."""
-    mean, std, k = 100 * result["accuracy_mean"], 100 * result["accuracy_std"], result["num_models"]
+    mean, std, k = 100 * result["accuracy_mean"], 100 * result["accuracy_std"], result.get("num_models")
+    if k is None:
+        return f"{mean:.2f} ± {std:.2f} %"
     if "draws" in result:
         return f"{mean:.2f} ± {std:.2f} % ({result['draws']} draws × {k} networks)"
     return f"{mean:.2f} ± {std:.2f} % ({k} networks)"

@@ -10,6 +10,7 @@ import dataclasses
 import math
 import os
 
+from jaxdd.baseline import DRAWS
 from jaxdd.errors import require
 from jaxdd.models import DEPTH_RULE
 
@@ -47,6 +48,8 @@ class CommonSettings:
     eval_every: int = setting(0, "meta-steps between validation evaluations (0: only at the end)")
     eval_steps: int = setting(300, "training steps of each evaluation network")
     eval_models: int = setting(4, "networks trained per evaluation")
+    baseline_draws: int = setting(DRAWS, "draws of random real images in the final evaluation's baseline, each "
+                                         "scored by the same networks (docs/evaluation.md)")
     shard_images: bool = setting(False, "split the synthetic set and its optimizer state over the devices along "
                                         "the image axis (large IPC x classes)")
     checkpoint_every: int = setting(100, "meta-steps between checkpoints (and after the last step, and on Ctrl-C)")
@@ -69,6 +72,7 @@ class CommonSettings:
         require(self.eval_every >= 0, f"--eval-every must be 0 (only at the end) or more, got {self.eval_every}")
         require(self.eval_steps >= 1, f"--eval-steps must be at least 1, got {self.eval_steps}")
         require(self.eval_models >= 1, "--eval-models must be at least 1")
+        require(self.baseline_draws >= 1, "--baseline-draws must be at least 1")
         require(self.checkpoint_every >= 1, "--checkpoint-every must be at least 1")
         return self
 
