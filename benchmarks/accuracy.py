@@ -5,8 +5,9 @@
 
 Per job: `python -m jaxdd distill --dataset D --ipc N --steps S --json` (default settings unless the job
 adds options), timed; then `python -m jaxdd evaluate OUT/distilled.npz` (the protocol the set records) and
-`python -m jaxdd evaluate --random-real --ipc N --like OUT/distilled.npz --seed s` for s in 0..SEEDS-1
-(the same protocol). Prints one JSON object per job and a JSON table at the end. `distill_s` is the
+`python -m jaxdd evaluate --random-real --ipc N --like OUT/distilled.npz` (the same protocol, the run's seed
+and its R draws: jaxdd/baseline.py, the very number the run printed; rows written before this change have
+`random_real_seeds`, the mean of one draw per seed, and no `random_real_baseline`). Prints one JSON object per job and a JSON table at the end. `distill_s` is the
 distillation loop's own clock (the last row of metrics.jsonl: compilation of the step included, the
 final evaluation excluded); `command_s` the whole distill command, evaluation included; `cpu_s` the
 user+sys CPU seconds of the distill command. Build the image-folder sets first with
@@ -78,7 +79,7 @@ def _jaxdd(args: list[str]) -> tuple[dict, float, float]:
     return json.loads(proc.stdout.strip().splitlines()[-1]), wall, cpu
 
 
-def run_job(name: str, dataset: str, ipc: int, steps, extra: list[str], out: str, seeds: int) -> dict:
+def run_job(name: str, dataset: str, ipc: int, steps, extra: list[str], out: str) -> dict:
     folder = os.path.join(out, name)
     cmd = ["distill", "--dataset", dataset, "--ipc", str(ipc), "--out", folder, "--overwrite", *extra]
     if steps is not None:
@@ -88,27 +89,31 @@ def run_job(name: str, dataset: str, ipc: int, steps, extra: list[str], out: str
         rows = [json.loads(line) for line in f if line.strip()]
     npz = os.path.join(folder, "distilled.npz")
     again, _, _ = _jaxdd(["evaluate", npz, "--dataset", dataset])
-    real = [_jaxdd(["evaluate", "--random-real", "--ipc", str(ipc), "--dataset", dataset, "--like", npz,
-                    "--seed", str(s)])[0]["accuracy_mean"] for s in range(seeds)]
-    mean_real = sum(real) / len(real)
+    real = _jaxdd(["evaluate", "--random-real", "--ipc", str(ipc), "--dataset", dataset, "--like", npz])[0]
+    mean_real = real["accuracy_mean"]
     return dict(job=name, command="jaxdd " + " ".join(cmd), steps=summary.get("steps"),
                 distilled=round(100 * summary["accuracy_mean"], 2), distilled_std=round(100 * summary["accuracy_std"], 2),
                 random_real_run=round(100 * summary["random_real_mean"], 2),
                 evaluate_distilled=round(100 * again["accuracy_mean"], 2),
-                random_real_seeds=[round(100 * r, 2) for r in real], random_real_mean=round(100 * mean_real, 2),
+                random_real_draws=[round(100 * r, 2) for r in real["draw_means"]],
+                random_real_mean=round(100 * mean_real, 2), random_real_draws_std=round(100 * real["draws_std"], 2),
+                random_real_networks_std=round(100 * real["networks_std"], 2), random_real_baseline=real["baseline"],
                 gain=round(100 * (again["accuracy_mean"] - mean_real), 2),
+                gain_interval=[round(100 * summary["gain_low"], 2), round(100 * summary["gain_high"], 2)],
                 protocol={k: again.get(k) for k in ("protocol", "steps", "num_models", "lr", "augment", "width", "depth")},
                 distill_s=rows[-1]["seconds"] if rows else None, command_s=round(wall, 1), cpu_s=round(cpu, 1))
 
 
 def markdown(rows: list[dict]) -> str:
     """One table row per job: the command, test accuracy (run / `jaxdd evaluate`), random real, gain, times."""
-    out = ["| job | command | distilled (run) | `jaxdd evaluate` | random real (seeds) | gain | loop s | CPU s |",
+    out = ["| job | command | distilled (run) | `jaxdd evaluate` | random real (draws, or one draw per seed) | gain | "
+           "loop s | CPU s |",
            "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cmd = r["command"].replace("/tmp/jaxdd-acc/", "OUT/")
         out.append(f"| {r['job']} | `{cmd}` | {r['distilled']:.2f} ± {r['distilled_std']:.2f} | {r['evaluate_distilled']:.2f} "
-                   f"| {r['random_real_mean']:.2f} ({', '.join(f'{v:.2f}' for v in r['random_real_seeds'])}) "
+                   f"| {r['random_real_mean']:.2f} "
+                   f"({', '.join(f'{v:.2f}' for v in r.get('random_real_draws', r.get('random_real_seeds', [])))}) "
                    f"| {r['gain']:+.1f} | {r['distill_s']:.0f} | {r['cpu_s']:.0f} |")
     return "\n".join(out)
 
@@ -118,7 +123,6 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/jaxdd-acc", help="run folders go here (not committed)")
     ap.add_argument("--sets", default="/tmp/jaxdd-sets", help="where benchmarks/make_datasets.py wrote the sets")
     ap.add_argument("--only", nargs="*", help=f"jobs to run (default all): {', '.join(JOBS)}")
-    ap.add_argument("--seeds", type=int, default=3, help="random-real seeds (mean reported)")
     ap.add_argument("--jsonl", help="append each job's JSON line to this file")
     ap.add_argument("--table", metavar="JSONL", help="only print the Markdown table of the rows in JSONL")
     args = ap.parse_args()
@@ -131,7 +135,7 @@ def main() -> None:
         if args.only and name not in args.only:
             continue
         row = run_job(name, dataset.format(sets=args.sets, archive=JOBS["cifar10-ipc1"][0]), ipc, steps, extra,
-                      args.out, args.seeds)
+                      args.out)
         print(json.dumps(row), flush=True)
         if args.jsonl:
             with open(args.jsonl, "a") as f:

@@ -11,7 +11,7 @@ Subcommands (one JSON line per configuration on stdout, appended to --jsonl when
 config (the default when no subcommand is named): each --config is a JSON object of settings overrides
   on top of the preset (`jaxdd distill` option names with '_'; "steps" may be given too). Per config: the
   overrides, the validation accuracy of the set every --eval-every steps and at the end, random real
-  images of the same size on val under the same protocol (mean over --baseline-seeds seeds), and the wall
+  images of the same size on val under the same protocol (jaxdd/baseline.py, --baseline-draws draws), and the wall
   seconds of the distillation alone (evaluations excluded). All in one process, so compilation caches
   are shared between configs.
 matching: trajectory matching (`--method mtt`); each positional argument is a JSON object of
@@ -36,7 +36,7 @@ import time
 
 import numpy as np
 
-from jaxdd import distillation
+from jaxdd import baseline, distillation
 from jaxdd.evaluation import evaluate, prefix_ipc, random_real
 
 CHECKPOINTS = (20, 40, 80, 150, 300, 500, 1000)
@@ -66,10 +66,11 @@ def config_rows(a):
             wall += time.perf_counter() - t0
             curve[stop] = round(val_accuracy(run, arrays), 2)
             done = stop
-        base = [val_accuracy(run, dict(zip(("images", "labels"), random_real(run.dataset, a.ipc, seed=s))))
-                for s in range(a.baseline_seeds)]
+        base = 100 * baseline.random_real(run.dataset, a.ipc, draws=a.baseline_draws, seed=run.seed, split="val",
+                                          learned_lr=arrays.get("lr"),
+                                          **run.spec.evaluation(run.settings))["accuracy_mean"]
         yield dict(dataset=str(a.dataset), method=a.method, ipc=a.ipc, steps=done, seed=a.seed, overrides=overrides,
-                   val=curve, random_real_val=round(float(np.mean(base)), 2), distill_seconds=round(wall, 1),
+                   val=curve, random_real_val=round(float(base), 2), distill_seconds=round(wall, 1),
                    evaluation=run.record["evaluation"])
 
 
@@ -138,7 +139,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ipc", type=int, default=1)
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--baseline-seeds", type=int, default=3)
+    p.add_argument("--baseline-draws", type=int, default=baseline.DRAWS)
     p.add_argument("--config", action="append", default=[], help="JSON overrides (repeatable; default: '{}')")
     p = add("matching", matching_rows, "trajectory-matching settings", steps=50)
     p.add_argument("--ipc", type=int, default=1)

@@ -19,7 +19,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxdd import checkpoint, compile_cache, data, methods, parallel, presets, rundir, stopping, synthetic
+from jaxdd import (baseline, checkpoint, compile_cache, data, methods, parallel, presets, rundir, stopping,
+                   synthetic)
 from jaxdd.errors import Interrupted, require, signal_name, warn
 from jaxdd.evaluation import evaluate
 from jaxdd.initial import initial_set
@@ -169,7 +170,7 @@ def _open_run_folder(run: Run, resume: bool) -> None:
 
 
 # settings that do not change the result: a resume may change them
-RESUMABLE = {"checkpoint_every", "eval_every", "eval_steps", "eval_models"}
+RESUMABLE = {"checkpoint_every", "eval_every", "eval_steps", "eval_models", "baseline_draws"}
 PLATEAU_RULED = {"eval_every", "eval_steps", "eval_models"}  # with --stop plateau, evaluations decide the result
 
 
@@ -344,35 +345,36 @@ def finish(run: Run, *, final_eval: bool = True, progress=False) -> DistillResul
 
 
 def warn_if_not_better(distilled: dict, random_real: dict, out=None) -> None:
-    """Warn (one line) when a distilled set scores no better than random real images of its size (two
-    evaluation results, as from :func:`evaluate_set`): the run may not have learned anything yet, which a
-    user comparing two numbers should not have to spot."""
-    d, b = distilled["accuracy_mean"], random_real["accuracy_mean"]
-    if d <= b:
+    """Warn (one line) when a distilled set is not clearly better than random real images of its size (an
+    evaluation result and a baseline, as from :func:`evaluate_set` and `jaxdd.baseline.random_real`): the
+    gain's interval (`jaxdd.baseline.gain`, both spreads) reaches 0 or below. The run may not have learned
+    anything yet, which a user comparing two numbers should not have to spot."""
+    g = baseline.gain(distilled, random_real)
+    if g["low"] <= 0:
         where = f" in {rundir.path(out, rundir.METRICS)}" if out is not None else ""
-        warn(f"the distilled set ({100 * d:.2f} ± {100 * distilled['accuracy_std']:.2f} %) scores no better than "
-             f"random real images of the same size ({100 * b:.2f} ± {100 * random_real['accuracy_std']:.2f} %): the "
-             f"run may not have learned yet; check the outer loss{where} and, e.g., run longer (--resume with a "
-             "larger --steps) or change the method's step sizes (docs/methods/)")
+        warn(f"the distilled set ({baseline.describe(distilled)}) scores no better than random real images of the "
+             f"same size ({baseline.describe(random_real)}) beyond their spread: gain {100 * g['gain']:+.2f} points, "
+             f"{100 * baseline.LEVEL:.0f} % interval [{100 * g['low']:+.2f}, {100 * g['high']:+.2f}]; the run may "
+             f"not have learned yet; check the outer loss{where} and, e.g., run longer (--resume with a larger "
+             "--steps) or change the method's step sizes (docs/methods/)")
 
 
 def _final_evaluation(run: Run, arrays: dict, result: DistillResult, report: Progress, write: bool) -> None:
     protocol = run.spec.evaluation(run.settings)
     what = f"{protocol.get('num_models', '?')} networks x {protocol.get('steps', '?')} steps on the test split"
-    images0, labels0, k_init = run.initial
-    baseline = images0 if run.settings.init == "real" else initial_set(run.dataset, run.record["ipc"], "real",
-                                                                        k_init)[0]
+    draws = run.settings.baseline_draws
     report.detail(f"scoring the distilled set ({what})")
     result.evaluation = evaluate_set(run, arrays, split="test", progress=report.bar_on)
     report.detail(f"distilled set: test accuracy {100 * result.evaluation['accuracy_mean']:.2f} %; scoring random "
-                f"real images of the same size ({what})")
-    real = np.full(len(baseline), synthetic.FROZEN, np.int32)  # real images: SelMatch's "selected" rows
-    result.baseline = evaluate_set(run, {"images": baseline, "labels": labels0, "row_block": real}, split="test",
-                                   progress=report.bar_on)
-    report.detail(f"random real images: test accuracy {100 * result.baseline['accuracy_mean']:.2f} %")
+                f"real images of the same size, {draws} draws ({what} each)")
+    result.baseline = baseline.random_real(run.dataset, run.record["ipc"], draws=draws, seed=run.seed, split="test",
+                                           mesh=run.mesh, progress=report.bar_on, learned_lr=arrays.get("lr"),
+                                           **run.spec.evaluation(run.settings))
+    report.detail(f"random real images: test accuracy {baseline.describe(result.baseline)}")
     warn_if_not_better(result.evaluation, result.baseline, run.out)
     run.record = dict(run.record, test_accuracy=result.evaluation["accuracy_mean"],
-                      random_real_accuracy=result.baseline["accuracy_mean"])
+                      random_real_accuracy=result.baseline["accuracy_mean"],
+                      random_real_baseline=result.baseline["baseline"])
     if run.method.report is not None:
         report.detail("scoring the method's extra report")
         result.report = run.method.report(arrays, lambda images, labels: evaluate_set(

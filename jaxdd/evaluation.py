@@ -147,7 +147,8 @@ def evaluate(images, labels, dataset, *, protocol: str | Protocol = "ratbptt", m
              steps: int | None = None, num_models: int | None = None, batch_size: int | None = None,
              lr: float | None = None, augment: str | None = None, checkpoints=None, balanced: bool | None = None,
              select_augment: str | None = None, use_learned_lr: bool | None = None, learned_lr=None, rows=None,
-             seed: int = 0, split: str = "test", progress: bool = False, mesh=None) -> dict[str, Any]:
+             seed: int = 0, split: str = "test", progress: bool = False, mesh=None,
+             stacked: bool = False) -> dict[str, Any]:
     """Train ``num_models`` fresh networks (vmapped) on (images, labels); report their accuracy.
 
     images: float [N, H, W, C] matching ``dataset.image_shape``; labels: int class ids [N] or soft
@@ -160,7 +161,9 @@ def evaluate(images, labels, dataset, *, protocol: str | Protocol = "ratbptt", m
     row. ``split``: "test" (report) or "val" (for choices; needs a dataset loaded with ``val_fraction >
     0``). ``progress``: draw a tqdm bar on stderr. ``mesh``: a device mesh with a 'data' axis
     (`jaxdd.parallel.make_mesh`); the K networks are split over it when K is a multiple of its size
-    (each device trains K/n of them), else they all run on the first device.
+    (each device trains K/n of them), else they all run on the first device. ``stacked``: images is
+    [S, N, H, W, C], S sets sharing labels and rows (the draws of jaxdd/baseline.py), each trained by
+    the same K network keys, all S·K networks as one vmapped batch.
 
     Returns a dict: accuracy_mean, accuracy_std (np.std over the models, ddof 0), accuracies (list),
     all as **fractions in [0, 1]**, at the final step; accuracy_at {step: {mean, std, accuracies}} at
@@ -169,6 +172,8 @@ def evaluate(images, labels, dataset, *, protocol: str | Protocol = "ratbptt", m
     checkpoint of highest mean validation accuracy, the earliest on ties) and accuracy_chosen {mean,
     std} (the test accuracy there), else None; num_models, protocol, steps, checkpoints, balanced,
     model, width, depth, norm, optimizer, lr, batch_size, augment, split, seed, num_images, seconds.
+    With ``stacked``, the accuracies and their summaries run over all S·K networks (set-major) and
+    ``accuracies_by_set`` [S][K] holds the final step's per set.
     """
     proto = get_protocol(protocol)
     overrides = dict(model=model, width=width, depth=depth, norm=norm, steps=steps, num_models=num_models,
@@ -207,8 +212,13 @@ def evaluate(images, labels, dataset, *, protocol: str | Protocol = "ratbptt", m
         x_eval, y_eval = dataset.x_test, dataset.y_test
 
     net = training.network(model_name, dataset.image_shape, dataset.num_classes, width, depth, proto.norm)
-    images, targets = check_set(images, labels, dataset, net)
-    n = images.shape[0]
+    if stacked:
+        checked = [check_set(one, labels, dataset, net) for one in np.asarray(images)]
+        images, targets = np.stack([c[0] for c in checked]), checked[0][1]
+    else:
+        images, targets = check_set(images, labels, dataset, net)
+    sets = len(images) if stacked else 1
+    n = targets.shape[0]
     total = proto.num_steps(n, len(dataset.x_train))
     real = np.zeros(n, bool) if rows is None else np.asarray(rows)
     if real.dtype != bool:
@@ -226,18 +236,26 @@ def evaluate(images, labels, dataset, *, protocol: str | Protocol = "ratbptt", m
         per_class = int(min(max(1, proto.batch_size // len(counts)), counts.min()))
     extra = () if proto.select_augment is None and proto.cosine_to is None else (
         proto.select_augment, None if proto.cosine_to is None else float(proto.cosine_to))
+    if stacked:
+        extra = (proto.select_augment, None if proto.cosine_to is None else float(proto.cosine_to), True)
     init, run = training.trainer(net, proto.optimizer, float(proto.momentum), float(proto.weight_decay),
                          int(proto.batch_size), proto.augment, proto.lr_decay_at, float(proto.lr_decay), per_class,
                          *extra)
     keys = jax.random.split(jax.random.key(seed), k)
     carry = init(keys)
     x_dev, t_dev = jnp.asarray(images), jnp.asarray(targets)
+    if stacked:  # every set trained by the same K networks: model s·K + j is network j on set s
+        keys = jnp.concatenate([keys] * sets)
+        carry = jax.tree.map(lambda a: jnp.concatenate([a] * sets), carry)
+        x_dev = jnp.repeat(x_dev, k, axis=0)
     table_dev, counts_dev, rows_dev = jnp.asarray(table), jnp.asarray(counts), jnp.asarray(real)
-    if mesh is not None and k % parallel.num_devices(mesh) == 0:
-        # the computation follows its inputs: models split over 'data', the set replicated
+    if mesh is not None and (k * sets) % parallel.num_devices(mesh) == 0:
+        # the computation follows its inputs: models split over 'data' (with their sets when stacked), the set
+        # replicated
         carry, keys = parallel.put((carry, keys), parallel.batch_sharding(mesh))
-        x_dev, t_dev, table_dev, counts_dev, rows_dev = parallel.put(
-            (x_dev, t_dev, table_dev, counts_dev, rows_dev), parallel.replicated(mesh))
+        x_dev = parallel.put(x_dev, parallel.batch_sharding(mesh) if stacked else parallel.replicated(mesh))
+        t_dev, table_dev, counts_dev, rows_dev = parallel.put(
+            (t_dev, table_dev, counts_dev, rows_dev), parallel.replicated(mesh))
     lr_dev = jnp.float32(proto.lr)
     num_chunks = min(20, total) if progress else 1
     bounds = np.linspace(0, total, num_chunks + 1).round().astype(int) if total else np.array([0])
@@ -258,7 +276,7 @@ def evaluate(images, labels, dataset, *, protocol: str | Protocol = "ratbptt", m
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, desc=f"training {k} × {model_name}", unit="step", leave=False)
+        bar = tqdm(total=total, desc=f"training {k * sets} × {model_name}", unit="step", leave=False)
     try:
         if bounds[0] in marks:  # 0 steps
             record(bounds[0])
@@ -286,6 +304,7 @@ def evaluate(images, labels, dataset, *, protocol: str | Protocol = "ratbptt", m
         "accuracy_chosen": ({"mean": float(np.mean(at["test"][chosen])), "std": float(np.std(at["test"][chosen]))}
                             if choose else None),
         "num_models": k,
+        **({"accuracies_by_set": accuracies.reshape(sets, k).tolist()} if stacked else {}),
         "protocol": proto.name,
         "steps": int(total),
         "checkpoints": marks,

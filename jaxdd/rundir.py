@@ -137,7 +137,7 @@ def recorded_scores(out: str, images) -> dict:
             record = json.loads(str(npz["settings"])) if same else {}
     except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):
         return {}
-    return {k: record[k] for k in ("test_accuracy", "random_real_accuracy") if k in record}
+    return {k: record[k] for k in ("test_accuracy", "random_real_accuracy", "random_real_baseline") if k in record}
 
 
 def write_curves(out: str, rows: list[dict], keys=CURVE_KEYS) -> None:

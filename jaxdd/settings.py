@@ -10,6 +10,7 @@ import dataclasses
 import math
 import os
 
+from jaxdd.baseline import DRAWS
 from jaxdd.errors import require
 from jaxdd.models import DEPTH_RULE
 from jaxdd.stopping import STOPS
@@ -53,6 +54,8 @@ class CommonSettings:
                                  "the best set is the result; --steps stays an upper bound)")
     patience: int = setting(0, "with --stop plateau: meta-steps without a higher validation accuracy before the run "
                                "stops (or the curriculum of --schedule moving moves on)")
+    baseline_draws: int = setting(DRAWS, "draws of random real images in the final evaluation's baseline, each "
+                                         "scored by the same networks (docs/evaluation.md)")
     shard_images: bool = setting(False, "split the synthetic set and its optimizer state over the devices along "
                                         "the image axis (large IPC x classes)")
     checkpoint_every: int = setting(100, "meta-steps between checkpoints (and after the last step, and on Ctrl-C)")
@@ -75,6 +78,7 @@ class CommonSettings:
         require(self.eval_every >= 0, f"--eval-every must be 0 (only at the end) or more, got {self.eval_every}")
         require(self.eval_steps >= 1, f"--eval-steps must be at least 1, got {self.eval_steps}")
         require(self.eval_models >= 1, "--eval-models must be at least 1")
+        require(self.baseline_draws >= 1, "--baseline-draws must be at least 1")
         require(self.checkpoint_every >= 1, "--checkpoint-every must be at least 1")
         require(self.stop in STOPS, f"unknown --stop '{self.stop}': use {' or '.join(STOPS)}")
         require(self.stop != "plateau" or (self.eval_every >= 1 and self.patience >= 1),

@@ -168,7 +168,7 @@ def make_optimizer(kind: str, momentum: float, weight_decay: float) -> optax.Gra
 @functools.lru_cache(maxsize=32)
 def trainer(model: models_lib.Model, optimizer: str, momentum: float, weight_decay: float,
              batch_size: int, augment: str, lr_decay_at: float | None, lr_decay: float, per_class: int = 0,
-             select_augment: str | None = None, cosine_to: float | None = None):
+             select_augment: str | None = None, cosine_to: float | None = None, per_model_images: bool = False):
     """(init, run) jitted and vmapped over K model keys.
 
     init(keys [K]) -> carry; run(carry, keys, images, targets, table, counts, rows, start, stop, lr, total)
@@ -178,6 +178,8 @@ def trainer(model: models_lib.Model, optimizer: str, momentum: float, weight_dec
     split(keys[k])[0]; its step t draws batch and augmentation from fold_in(split(keys[k])[1], t), so
     any split of the steps into chunks gives the same result. per_class > 0: class-balanced batches
     from (table, counts) (:func:`balanced_batch`); else uniform ones (table and counts unused).
+    per_model_images: `images` is [K, N, ...], model k trains on images[k] (several sets of the same
+    labels as one vmapped batch, e.g. the draws of the random-real baseline); else [N, ...], shared.
     """
     tx = make_optimizer(optimizer, momentum, weight_decay)
     aug = augment_lib.get_augment(augment)
@@ -232,7 +234,8 @@ def trainer(model: models_lib.Model, optimizer: str, momentum: float, weight_dec
 
         return jax.lax.fori_loop(start, stop, body, carry)
 
-    run = xla_options.jit(jax.vmap(run_one, in_axes=(0, 0) + (None,) * 9), donate_argnums=(0,))
+    run = xla_options.jit(jax.vmap(run_one, in_axes=(0, 0, 0 if per_model_images else None) + (None,) * 8),
+                          donate_argnums=(0,))
     return init, run
 
 

@@ -10,7 +10,7 @@ import re
 
 import jax
 
-from jaxdd import methods, parallel, presets
+from jaxdd import baseline, methods, parallel, presets
 from jaxdd.cli.args import (add_data_arguments, nonnegative_int, number, positive_int,
                             positive_or_zero_float)
 from jaxdd.distillation import distill
@@ -134,11 +134,18 @@ def run(args: argparse.Namespace) -> int:
               f"{result.settings['best_step']} (validation accuracy {100 * result.settings['best_val_accuracy']:.2f} %)")
     if result.evaluation:
         d, b = result.evaluation, result.baseline
-        print(f"test accuracy: distilled {100 * d['accuracy_mean']:.2f} ± {100 * d['accuracy_std']:.2f} %, "
-              f"random real {100 * b['accuracy_mean']:.2f} ± {100 * b['accuracy_std']:.2f} % "
-              f"({d['num_models']} networks each, {d['steps']} training steps, same protocol)")
+        g = baseline.gain(d, b)
+        print(f"test accuracy: distilled {baseline.describe(d)}; random real {baseline.describe(b)}; "
+              f"{d['steps']} training steps, same protocol")
+        print(f"gain {100 * g['gain']:+.2f} points, {100 * baseline.LEVEL:.0f} % interval [{100 * g['low']:+.2f}, "
+              f"{100 * g['high']:+.2f}]; random real by draw "
+              + " ".join(f"{100 * m:.2f}" for m in b["draw_means"])
+              + f" % (spread over draws ± {100 * b['draws_std']:.2f}, over networks ± {100 * b['networks_std']:.2f})")
         summary.update(accuracy_mean=d["accuracy_mean"], accuracy_std=d["accuracy_std"], num_models=d["num_models"],
-                       random_real_mean=b["accuracy_mean"], random_real_std=b["accuracy_std"])
+                       random_real_mean=b["accuracy_mean"], random_real_std=b["accuracy_std"],
+                       random_real_draws_std=b["draws_std"], random_real_networks_std=b["networks_std"],
+                       random_real_draw_means=b["draw_means"], random_real_baseline=b["baseline"],
+                       gain=g["gain"], gain_low=g["low"], gain_high=g["high"])
     if args.json:
         print(json.dumps(summary, sort_keys=True))
     return 0

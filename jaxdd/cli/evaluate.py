@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 
-from jaxdd import data, evaluation, presets, rundir
+from jaxdd import baseline, data, evaluation, presets, rundir
 from jaxdd.cli.args import add_data_arguments, add_network_arguments, nonnegative_int, positive_float, positive_int
 from jaxdd.errors import JaxddError
 
@@ -46,9 +46,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                       help="a distilled set written by 'jaxdd distill': arrays 'images' [N,H,W,C], 'labels' "
                            "(int [N] or float [N,C]), optionally 'lr' and 'settings' (JSON)")
     what.add_argument("--random-real", action="store_true",
-                      help="baseline: --ipc random training images per class (seeded by --seed)")
+                      help="baseline: --ipc random training images per class, --draws draws of them (seeded by "
+                           "--seed), each scored by the same networks; as 'jaxdd distill' scores its baseline")
     what.add_argument("--full-data", action="store_true", help="baseline: the whole training split")
     what.add_argument("--ipc", type=positive_int, metavar="N", help="images per class for --random-real")
+    what.add_argument("--draws", type=positive_int, default=None, metavar="R",
+                      help=f"draws of random real images (default: the --like run's, else {baseline.DRAWS})")
     what.add_argument("--prefix-ipc", type=positive_int, default=None, metavar="K",
                       help="evaluate only the first K images per class of the distilled set (nested sets, Boost-DD)")
     add_data_arguments(p, recorded=True)
@@ -79,7 +82,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     proto.add_argument("--split", default="test", choices=("test", "val"),
                        help="where accuracy is measured: test (default) or val (10%% of train, for tuning)")
     proto.add_argument("--seed", type=nonnegative_int, default=None,
-                       help="seed for the networks, their batches and --random-real (default: the run's, else 0)")
+                       help="seed for the networks, their batches, --random-real's draws and the validation split "
+                            "(default: the run's, else 0)")
     out = p.add_argument_group("output")
     out.add_argument("--json", action="store_true",
                      help="print one JSON object (accuracies as fractions) as the last line of stdout")
@@ -101,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
         raise JaxddError("--random-real needs --ipc N (images per class)")
     if args.ipc is not None and not args.random_real:
         raise JaxddError("--ipc only applies to --random-real (a distilled set has its own IPC)")
+    if args.draws is not None and not args.random_real:
+        raise JaxddError("--draws only applies to --random-real")
 
     distilled = rundir.load_distilled(args.path) if args.path is not None else None
     like = rundir.load_distilled(args.like) if args.like is not None else distilled
@@ -108,16 +114,19 @@ def run(args: argparse.Namespace) -> int:
     if args.dataset is None:
         args.dataset = record.get("dataset") or "digits"
     kwargs, normalize, val_fraction, seed = recorded_protocol(args, record)
+    # the validation split is carved with the seed, as `jaxdd distill --seed S` carves it: the same training
+    # images, so --random-real draws what the run's baseline drew
     dataset = data.load(args.dataset, normalize=normalize, val_fraction=0.1 if args.split == "val" else val_fraction,
-                        seed=0, cache_dir=args.cache_dir)
+                        seed=seed, cache_dir=args.cache_dir)
     if distilled is not None:
         images, labels, what = distilled["images"], distilled["labels"], distilled["path"]
         if args.prefix_ipc:
             images, labels = evaluation.prefix_ipc(images, labels, args.prefix_ipc, dataset.num_classes)
             what += f" (first {args.prefix_ipc} per class)"
     elif args.random_real:
-        images, labels = evaluation.random_real(dataset, args.ipc, seed=seed)
-        what = f"random real, IPC {args.ipc}"
+        draws = args.draws or int(record.get("settings", {}).get("baseline_draws", baseline.DRAWS))
+        images, labels = None, None
+        what = f"random real, IPC {args.ipc}, {draws} draw{'s' * (draws > 1)}"
     else:
         images, labels = evaluation.full_data(dataset)
         what = "full training data"
@@ -125,15 +134,19 @@ def run(args: argparse.Namespace) -> int:
     # so that `--random-real --like DIR/distilled.npz` scores random real images as `jaxdd distill` did;
     # a baseline's rows are all real images (SelMatch's combined augmentation)
     kwargs["learned_lr"] = (distilled or like or {}).get("lr")
-    if distilled is None:
+    if distilled is None and not args.random_real:
         kwargs["rows"] = np.ones(len(images), bool)
-    elif not args.prefix_ipc:
+    elif distilled is not None and not args.prefix_ipc:
         kwargs["rows"] = distilled.get("row_block")
     given = dict(model=args.model, width=args.width, depth=args.depth, norm=args.norm, steps=args.steps,
                  num_models=args.models, batch_size=args.batch_size, lr=args.lr, augment=args.augment)
     kwargs.update({k: v for k, v in given.items() if v is not None})
-    result = evaluation.evaluate(images, labels, dataset, seed=seed, split=args.split, progress=not args.no_progress,
-                         **kwargs)
+    if args.random_real:  # the baseline of `jaxdd distill` (its rows are real images)
+        result = baseline.random_real(dataset, args.ipc, draws=draws, seed=seed, split=args.split,
+                                      progress=not args.no_progress, **kwargs)
+    else:
+        result = evaluation.evaluate(images, labels, dataset, seed=seed, split=args.split,
+                                     progress=not args.no_progress, **kwargs)
     result = {**result, "evaluated": what, "dataset": args.dataset, "normalize": normalize}
     if record:
         result["settings"] = record
@@ -143,8 +156,14 @@ def run(args: argparse.Namespace) -> int:
           f"{result['model']}" + (f" w{result['width']}" if result["width"] else "")
           + (f" depth {result['depth']}" if result.get("depth") else "")
           + f", {result['steps']} steps, lr {result['lr']:g}, augment {result['augment']}")
-    print(f"{args.split} accuracy: {100 * result['accuracy_mean']:.2f} ± {100 * result['accuracy_std']:.2f} % "
-          f"over {result['num_models']} networks [{accs}] in {result['seconds']:.1f} s")
+    if args.random_real:
+        print(f"{args.split} accuracy: {baseline.describe(result)} in {result['seconds']:.1f} s; by draw "
+              + " ".join(f"{100 * m:.2f}" for m in result["draw_means"])
+              + f" % (spread over draws ± {100 * result['draws_std']:.2f}, over networks ± "
+                f"{100 * result['networks_std']:.2f})")
+    else:
+        print(f"{args.split} accuracy: {100 * result['accuracy_mean']:.2f} ± {100 * result['accuracy_std']:.2f} % "
+              f"over {result['num_models']} networks [{accs}] in {result['seconds']:.1f} s")
     at = result.get("accuracy_at") or {}
     if len(at) > 1:
         print("by training steps: " + ", ".join(f"{step}: {100 * a['mean']:.2f} %" for step, a in at.items())
