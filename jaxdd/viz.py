@@ -8,6 +8,27 @@ import numpy as np
 def image_grid(images, labels, class_names, path, *, preprocessing=None, max_per_class: int = 10,
                title: str | None = None) -> None:
     """Save a PNG grid of `images` (class-major), one row per class, un-whitened with `preprocessing`."""
+    fig = _grid_figure(images, labels, class_names, preprocessing, max_per_class, title)  # selects Agg
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def grid_pixels(images, labels, class_names, *, preprocessing=None, max_per_class: int = 10,
+                title: str | None = None) -> np.ndarray:
+    """The same grid as `image_grid`, as uint8 RGB pixels [H, W, 3] (for TensorBoard and W&B)."""
+    fig = _grid_figure(images, labels, class_names, preprocessing, max_per_class, title)  # selects Agg
+    import matplotlib.pyplot as plt
+
+    fig.set_dpi(80)
+    fig.canvas.draw()
+    pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return pixels
+
+
+def _grid_figure(images, labels, class_names, preprocessing, max_per_class, title):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -38,8 +59,7 @@ def image_grid(images, labels, class_names, path, *, preprocessing=None, max_per
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    return fig
 
 
 def learning_curve(metrics: list[dict], path, *, keys=("loss", "accuracy")) -> None:
