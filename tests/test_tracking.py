@@ -111,3 +111,10 @@ def test_missing_or_unknown_backend_is_one_line(digits, tiny, tmp_path, monkeypa
     with pytest.raises(JaxddError, match=r"pip install 'jaxdd\[tensorboard\]'"):
         _run(digits, tiny, str(tmp_path / "b"), 1, "tensorboard")
     assert not os.path.exists(tmp_path / "b")
+
+
+def test_curves_moving_average():
+    from jaxdd.viz import moving_average, moving_average_span
+
+    np.testing.assert_allclose(moving_average([1.0, 2.0, 3.0, 7.0], 2), [1.5, 2.5, 5.0])
+    assert moving_average_span(100) == 5 and moving_average_span(10) == 1
