@@ -71,6 +71,7 @@ def test_class_folders_keep_the_class_order():
 
 def test_pytorch_trains_on_the_torch_export_as_jaxdd_evaluates(tmp_path, capsys):
     torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)  # tiny networks: threads only contend on a busy machine
     ds, file = write_set(tmp_path / "run")
     assert main(["evaluate", file, "--json", "--no-progress"]) == 0
     jax_result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
