@@ -1,6 +1,6 @@
 """What the PNG export's quantisation (and clipping) costs: a distilled set against its PNG export read back.
 
-    python benchmarks/export_quantisation.py RUN/distilled.npz
+    python -m benchmarks.export_quantisation RUN/distilled.npz
 
 Exports RUN/distilled.npz as PNG (`jaxdd export --format png`), reads the PNGs back through jaxdd's folder
 loader (the export as train/ and test/), applies the data set's preprocessing again and scores both sets

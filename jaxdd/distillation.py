@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from jaxdd import (baseline, checkpoint, compile_cache, data, methods, parallel, presets, rundir, stopping,
-                   synthetic)
+                   synthetic, tracking)
 from jaxdd.errors import Interrupted, require, signal_name, warn
 from jaxdd.evaluation import evaluate
 from jaxdd.initial import initial_set
@@ -65,6 +65,7 @@ class Run:
     rows: list = dataclasses.field(default_factory=list)
     primary: bool = True
     best: tuple | None = None  # --stop plateau: (step, validation accuracy, arrays) of the best evaluation
+    trackers: list = dataclasses.field(default_factory=list)  # --log: jaxdd/tracking.py
 
 
 def _load(dataset, seed: int, cache_dir=None):
@@ -84,7 +85,7 @@ def _load(dataset, seed: int, cache_dir=None):
 
 def prepare(dataset="digits", method: str = "rat-bptt", ipc: int = 1, steps: int | None = None, *, out=None,
             seed: int = 0, resume: bool = False, overwrite: bool = False, settings=None, published: bool = False,
-            mesh=None, cache_dir=None, log=None, **overrides) -> Run:
+            mesh=None, cache_dir=None, log=None, track=(), track_images_every=None, **overrides) -> Run:
     """Resolve settings, check every input, load the data, build the method and its state (restored
     from out/checkpoints with `resume`). Nothing is written before every check has passed. log(text):
     where the method's progress messages go (default: nowhere)."""
@@ -97,6 +98,7 @@ def prepare(dataset="digits", method: str = "rat-bptt", ipc: int = 1, steps: int
     require(isinstance(seed, (int, np.integer)) and 0 <= seed < 2**63, f"--seed must be an integer in [0, 2^63), got {seed!r}")
     require(steps is None or (isinstance(steps, (int, np.integer)) and steps >= 0),
             f"--steps must be a non-negative integer, got {steps!r}")
+    track = tracking.check(track, out)
     if out is not None:
         out = os.fspath(out)
         rundir.check_writable(out)
@@ -123,6 +125,10 @@ def prepare(dataset="digits", method: str = "rat-bptt", ipc: int = 1, steps: int
               out=out, primary=jax.process_index() == 0)
     if out is not None:
         _open_run_folder(run, resume)
+    if run.primary:
+        run.trackers = tracking.open_trackers(track, out, record, start=int(run.state.step), steps=run.steps,
+                                              images_every=track_images_every, class_names=dataset.class_names,
+                                              preprocessing=dataset.preprocessing)
     return run
 
 
@@ -242,6 +248,8 @@ def loop(run: Run, *, progress=True) -> None:
                 run.rows.append(row)
                 if run.out is not None and run.primary:
                     rundir.append_metrics(run.out, row)
+                for tracker in run.trackers:  # the same row to TensorBoard / W&B, and the grid at their cadence
+                    tracker.log(row, lambda: finalize_arrays(run, state))
                 if run.mgr is not None and (n + 1) % settings.checkpoint_every == 0:
                     checkpoint.save(run.mgr, n + 1, run.state)
                 if n == start:  # the first step compiled the outer step: the end line says how long that took
@@ -341,6 +349,11 @@ def finish(run: Run, *, final_eval: bool = True, progress=False) -> DistillResul
                      f"{rundir.path(run.out, rundir.DISTILLED)}'" if write else "nothing was saved (no output folder)")
             raise Interrupted(f"stopped by {signal_name(signum)} during the final evaluation; {saved}",
                               signum) from None
+    for tracker in run.trackers:
+        if result.evaluation:
+            tracker.results({"test_accuracy": result.evaluation["accuracy_mean"],
+                             "random_real_accuracy": result.baseline["accuracy_mean"]}, run.steps)
+        tracker.close()
     return result
 
 
@@ -396,7 +409,7 @@ def evaluate_set(run: Run, arrays: dict, *, split: str, progress: bool = False) 
 def distill(dataset="digits", method: str = "rat-bptt", ipc: int = 1, steps: int | None = None, *,
             out: str | os.PathLike | None = None, seed: int = 0, resume: bool = False, overwrite: bool = False,
             progress=True, final_eval: bool = True, settings=None, published: bool = False, mesh=None,
-            cache_dir=None, **overrides) -> DistillResult:
+            cache_dir=None, track=(), track_images_every=None, **overrides) -> DistillResult:
     """Distil `dataset` into `ipc` images per class with `method` (see `jaxdd.methods.available()`).
 
     dataset: a `jaxdd.data.Dataset` or a source string for `jaxdd.data.load`. steps: outer steps in
@@ -408,13 +421,15 @@ def distill(dataset="digits", method: str = "rat-bptt", ipc: int = 1, steps: int
     under the same protocol. mesh: a `jax.sharding.Mesh` with a 'data' axis (`jaxdd.parallel.make_mesh`).
     progress: True (a bar on a terminal, else a plain line every steps/20), "lines", "quiet" (start and end
     lines) or False (jaxdd/progress.py). SIGINT and SIGTERM end the current step, checkpoint and raise
-    `jaxdd.errors.Interrupted` (a KeyboardInterrupt) saying how to continue (docs/runs.md).
+    `jaxdd.errors.Interrupted` (a KeyboardInterrupt) saying how to continue (docs/runs.md). track: "tensorboard"
+    and / or "wandb": the metrics rows, settings, results and an image grid every `track_images_every` steps
+    (default steps/10) also go there (jaxdd/tracking.py).
     """
     report = Progress(progress)
     try:
         run = prepare(dataset, method, ipc, steps, out=out, seed=seed, resume=resume, overwrite=overwrite,
                       settings=settings, published=published, mesh=mesh, cache_dir=cache_dir, log=report.detail,
-                      **overrides)
+                      track=track, track_images_every=track_images_every, **overrides)
     except KeyboardInterrupt as err:
         signum = getattr(err, "signum", signal.SIGINT)
         raise Interrupted(f"stopped by {signal_name(signum)} while starting, before any step: nothing new was "

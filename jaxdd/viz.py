@@ -8,6 +8,27 @@ import numpy as np
 def image_grid(images, labels, class_names, path, *, preprocessing=None, max_per_class: int = 10,
                title: str | None = None) -> None:
     """Save a PNG grid of `images` (class-major), one row per class, un-whitened with `preprocessing`."""
+    fig = _grid_figure(images, labels, class_names, preprocessing, max_per_class, title)  # selects Agg
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def grid_pixels(images, labels, class_names, *, preprocessing=None, max_per_class: int = 10,
+                title: str | None = None) -> np.ndarray:
+    """The same grid as `image_grid`, as uint8 RGB pixels [H, W, 3] (for TensorBoard and W&B)."""
+    fig = _grid_figure(images, labels, class_names, preprocessing, max_per_class, title)  # selects Agg
+    import matplotlib.pyplot as plt
+
+    fig.set_dpi(80)
+    fig.canvas.draw()
+    pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return pixels
+
+
+def _grid_figure(images, labels, class_names, preprocessing, max_per_class, title):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -38,12 +59,24 @@ def image_grid(images, labels, class_names, path, *, preprocessing=None, max_per
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    return fig
 
 
-def learning_curve(metrics: list[dict], path, *, keys=("loss", "accuracy")) -> None:
-    """Save a PNG with one panel per metric in `keys` (those present in the rows) against the outer step."""
+def moving_average_span(n: int) -> int:
+    """The moving average's span for a series of n steps: n/20, at least 1."""
+    return max(1, n // 20)
+
+
+def moving_average(values, span: int) -> np.ndarray:
+    """Trailing means over `span` values (len(values) - span + 1 of them)."""
+    values = np.asarray(values, np.float64)
+    return np.convolve(values, np.ones(span) / span, mode="valid")
+
+
+def learning_curve(metrics: list[dict], path, *, keys=("loss", "accuracy"), smooth=("loss", "accuracy")) -> None:
+    """Save a PNG with one panel per metric in `keys` (those present in the rows) against the outer step; the
+    series in `smooth` get a moving average over the raw values (per-step losses are noise without it);
+    val_accuracy (evaluation during training, --eval-every) is drawn at the steps it was measured."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,8 +88,15 @@ def learning_curve(metrics: list[dict], path, *, keys=("loss", "accuracy")) -> N
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), squeeze=False)
     for ax, k in zip(axes[0], keys):
         rows = [m for m in metrics if k in m]
-        ax.plot([m["step"] for m in rows], [m[k] for m in rows], marker="." if len(rows) < 30 else None)
-        ax.set_xlabel("meta-step"), ax.set_title(k, fontsize=9)
+        steps, values = np.array([m["step"] for m in rows]), np.array([m[k] for m in rows], np.float64)
+        span = moving_average_span(len(rows)) if k in smooth else 1
+        if span > 1:  # the raw series faint, its trailing moving average over `span` steps on top
+            ax.plot(steps, values, alpha=0.3, linewidth=0.8, color="C0")
+            ax.plot(steps[span - 1:], moving_average(values, span), color="C0", label=f"mean of {span}")
+            ax.legend(fontsize=7)
+        else:
+            ax.plot(steps, values, marker="." if len(rows) < 30 or k == "val_accuracy" else None)
+        ax.set_xlabel("meta-step"), ax.set_title("validation accuracy" if k == "val_accuracy" else k, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)

@@ -19,8 +19,8 @@ import warnings
 from typing import Sequence
 
 from jaxdd import compile_cache, xla_options
-from jaxdd.cli import distill, evaluate, experts, scores
-from jaxdd.cli.args import EXIT_USAGE, Parser
+from jaxdd.cli import distill, evaluate, experts, export, scores
+from jaxdd.cli.args import EXIT_USAGE, Parser, fold_hf_columns
 from jaxdd.errors import Interrupted, JaxddError, JaxddWarning, signal_name
 
 EXIT_INTERRUPTED = 128  # + the signal's number: 130 for SIGINT, 143 for SIGTERM
@@ -39,6 +39,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     evaluate.add_parser(subparsers)
     experts.add_parser(subparsers)
     scores.add_parser(subparsers)
+    export.add_parser(subparsers)
     return parser
 
 
@@ -57,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # threads' arenas of a long process with many (simulated) devices.
             xla_options.configure_cpu(threads=getattr(args, "threads", None), malloc=False)
             compile_cache.enable(False if getattr(args, "no_compile_cache", False) else None)
+            fold_hf_columns(args)
             return int(args.func(args) or 0)
     except KeyboardInterrupt as err:
         signum = getattr(err, "signum", signal.SIGINT)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 
 from jaxdd import models
+from jaxdd.data import hf_source
+from jaxdd.errors import require
 
 EXIT_USAGE = 2
 
@@ -49,8 +51,24 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, normalize: bool = Tru
     group.add_argument("--threads", type=positive_int, default=None, metavar="N",
                        help="CPU only: XLA worker threads (default: one per core; 1 runs faster on a busy or 2-core "
                             "machine, see benchmarks/RESULTS.md 'Busy machine')")
+    group.add_argument("--hf-image-column", default=None, metavar="COLUMN",
+                       help="hf:NAME sources: the image column (default: the first Image feature, else image / img)")
+    group.add_argument("--hf-label-column", default=None, metavar="COLUMN",
+                       help="hf:NAME sources: the label column (default: the first ClassLabel, else label / labels / "
+                            "fine_label)")
     group.add_argument("--cache-dir", default=None, metavar="DIR",
                        help="where decoded archives / downloads are cached (default: the loader's choice)")
+
+
+def fold_hf_columns(args: argparse.Namespace) -> None:
+    """--hf-image-column / --hf-label-column into the hf: source (hf:NAME?image=..&label=..), so the run records
+    the whole source and `jaxdd evaluate` reloads the same columns."""
+    image, label = getattr(args, "hf_image_column", None), getattr(args, "hf_label_column", None)
+    if image is None and label is None:
+        return
+    require(str(getattr(args, "dataset", "") or "").startswith("hf:"),
+            "--hf-image-column and --hf-label-column apply to --dataset hf:NAME")
+    args.dataset = hf_source.source(args.dataset[len("hf:"):], image, label)
 
 
 class Parser(argparse.ArgumentParser):

@@ -101,6 +101,12 @@ def add_parser(subparsers, method: str = "rat-bptt") -> argparse.ArgumentParser:
     out.add_argument("--json", action="store_true", help="print one JSON summary object as the last line of stdout")
     out.add_argument("--no-progress", action="store_true",
                      help="no progress bar or progress lines on stderr, only the start and end lines")
+    out.add_argument("--log", action="append", choices=("tensorboard", "wandb"), default=None,
+                     help="also log the metrics, settings, results and image grids to TensorBoard (DIR/tensorboard) "
+                          "or Weights & Biases (DIR/wandb, offline unless WANDB_MODE is set); repeatable; needs "
+                          "the extra jaxdd[tensorboard] / jaxdd[wandb] (docs/runs.md 'Watch a run')")
+    out.add_argument("--log-images-every", type=positive_int, default=None, metavar="N",
+                     help="with --log: an image grid every N steps (default: steps/10) and at the last step")
     p.set_defaults(func=run, settings_type=spec.settings)
     return p
 
@@ -120,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     result = distill(args.dataset, args.method, args.ipc, args.steps, out=out, seed=args.seed, resume=args.resume,
                      overwrite=args.overwrite, progress="quiet" if args.no_progress else True,
                      final_eval=not args.no_eval, published=args.published, mesh=mesh, cache_dir=args.cache_dir,
-                     **overrides)
+                     track=args.log or (), track_images_every=args.log_images_every, **overrides)
     if jax.process_index() != 0:  # several processes: process 0 reports
         return 0
     last = result.metrics[-1] if result.metrics else {}

@@ -17,6 +17,7 @@ from jaxdd.data.dataset import Dataset
 from jaxdd.data.digits import DIGITS_SPLIT_SEED, DIGITS_TEST_FRACTION, load_digits_raw
 from jaxdd.data.folder import cache_path, default_cache_dir, load_folder_raw, looks_like_path
 from jaxdd.data.tfds_source import load_tfds_raw
+from jaxdd.data.hf_source import load_hf_raw
 from jaxdd.data.preprocess import (
     NORMALIZATIONS,
     ZCA_VARIANTS,
@@ -45,7 +46,7 @@ __all__ = [
     "preprocess_dataset",
 ]
 
-_UNKNOWN = "use 'digits', 'tfds:NAME' or a path to a folder/archive with train/ and test/"
+_UNKNOWN = "use 'digits', 'tfds:NAME', 'hf:NAME' or a path to a folder/archive with train/ and test/"
 
 
 def load_raw(
@@ -63,6 +64,8 @@ def load_raw(
         return Dataset("digits", x_train, y_train, x_test, y_test, len(names), names)
     if source.startswith("tfds:"):
         raw = load_tfds_raw(source[len("tfds:"):].strip(), data_dir=tfds_data_dir)
+    elif source.startswith("hf:"):
+        raw = load_hf_raw(source[len("hf:"):].strip(), cache_dir=cache_dir)
     elif os.path.exists(os.path.expanduser(source)) or looks_like_path(source):
         raw = load_folder_raw(source, cache_dir=cache_dir)
     else:
