@@ -72,7 +72,7 @@ def preset(method: str, dataset_name: str, ipc: int, *, published: bool = False)
 def _values(spec, key: str, ipc: int, published: bool) -> dict:
     table = spec.presets
     if published:
-        require((key, ipc) in table.published, f"no published preset of --method {spec.name} for {key} IPC {ipc}: known are "
+        require((key, ipc) in table.published, f"no published preset for {key} IPC {ipc} (--method {spec.name}): known are "
                 + ", ".join(f"{k} IPC {i}" + (" (not in the authors' scripts)" if (k, i) in table.not_authors else "")
                             for k, i in table.published))
         return dict(table.published[(key, ipc)])

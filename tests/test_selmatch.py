@@ -55,7 +55,7 @@ def test_published_presets_and_ratio_settings():
     assert (s.alpha, s.beta, s.eval_protocol) == (0.6, 0.5, "selmatch")
     assert presets.preset("selmatch", "cifar100", 50, published=True).alpha == 0.6
     assert presets.preset("selmatch", "tiny_imagenet", 100, published=True).beta == 0.7
-    with pytest.raises(JaxddError, match="no published SelMatch preset"):
+    with pytest.raises(JaxddError, match=r"no published preset for cifar10 IPC 10 \(--method selmatch\)"):
         presets.preset("selmatch", "cifar10", 10, published=True)
 
 
