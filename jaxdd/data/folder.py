@@ -386,7 +386,7 @@ def cache_path(path: str | os.PathLike, cache_dir: str | os.PathLike | None = No
 _KEYS = ("x_train", "y_train", "x_test", "y_test", "class_names", "name")
 
 
-def _read_cache(file: Path) -> dict | None:
+def read_cache(file: Path) -> dict | None:
     try:
         with np.load(file, allow_pickle=False) as z:
             return {k: z[k] for k in _KEYS}
@@ -395,7 +395,7 @@ def _read_cache(file: Path) -> dict | None:
         return None
 
 
-def _write_cache(file: Path, arrays: dict) -> None:
+def write_cache(file: Path, arrays: dict) -> None:
     tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
@@ -424,10 +424,10 @@ def load_folder_raw(source: str | os.PathLike, cache_dir: str | os.PathLike | No
         "pass a folder or an archive holding train/ and test/",
     )
     file = cache_path(path, cache_dir)
-    arrays = _read_cache(file) if file.exists() else None
+    arrays = read_cache(file) if file.exists() else None
     if arrays is None:
         arrays = _decode_source(path)
-        _write_cache(file, arrays)
+        write_cache(file, arrays)
     return {
         "x_train": arrays["x_train"],
         "y_train": arrays["y_train"].astype(np.int32),

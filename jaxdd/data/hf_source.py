@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxdd.data.folder import _read_cache, _write_cache, default_cache_dir
+from jaxdd.data.folder import read_cache, write_cache, default_cache_dir
 from jaxdd.errors import JaxddError, one_line, require
 
 TEST_SPLITS = ("test", "validation", "valid", "val")
@@ -75,10 +75,10 @@ def load_hf_raw(spec: str, cache_dir=None) -> dict:
     local = os.path.isdir(os.path.expanduser(name))
     stamp = f"-{os.stat(os.path.expanduser(name)).st_mtime_ns}" if local else ""
     file = default_cache_dir(cache_dir) / f"hf-{safe}{stamp}.npz"
-    arrays = _read_cache(file) if file.exists() else None
+    arrays = read_cache(file) if file.exists() else None
     if arrays is None:
         arrays = _decode(name, options, local, cache_dir)
-        _write_cache(file, arrays)
+        write_cache(file, arrays)
     return {"x_train": arrays["x_train"], "y_train": arrays["y_train"].astype(np.int32), "x_test": arrays["x_test"],
             "y_test": arrays["y_test"].astype(np.int32), "class_names": tuple(str(c) for c in arrays["class_names"]),
             "name": str(arrays["name"])}
