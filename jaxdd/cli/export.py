@@ -42,8 +42,8 @@ def run(args: argparse.Namespace) -> int:
             f"the set was made with --normalize {made_with}, not {args.normalize}: drop --normalize")
     dataset = data.load(args.dataset or record.get("dataset") or "digits",
                         normalize=args.normalize or made_with or "standardize",
-                        val_fraction=record.get("settings", {}).get("val_fraction", 0.1), seed=0,
-                        cache_dir=args.cache_dir)
+                        val_fraction=record.get("settings", {}).get("val_fraction", 0.1),
+                        seed=int(record.get("seed", 0)), cache_dir=args.cache_dir)  # the run's split and statistics
     done = export.export(distilled, args.format, args.out, dataset.class_names, dataset.preprocessing)
     print(f"wrote {done['images']} images of {distilled['path']} to {done.get('file', args.out)} ({args.format}, "
           f"preprocessing {dataset.preprocessing.name})")
