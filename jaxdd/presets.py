@@ -102,7 +102,7 @@ def resolve(method: str, dataset_name: str, ipc: int, settings=None, overrides: 
     for name, value in overrides.items():
         ruled = getattr(resolved, name)
         flag = "--" + name.replace("_", "-")
-        require(ruled == value, f"{flag} {value} does not apply here: --method {method} sets {name} to {ruled} "
+        require(ruled is value or ruled == value, f"{flag} {value} does not apply here: --method {method} sets {name} to {ruled} "
                                 f"by its own rule (docs/methods/): drop {flag}")
     if facts is not None:
         size = models.network_defaults(resolved.model, facts.image_shape, resolved.width, resolved.depth)

@@ -138,4 +138,4 @@ def build(ctx):
 register(MethodSpec(
     name="boost", summary="Boost-DD: blocks of B images per class added one at a time; every prefix is a good set",
     settings=BoostSettings, build=build, presets=bptt.preset_table(steps_factor=2), evaluation=bptt.evaluation,
-    resolve=lambda s: bptt.full_window(s, INNER_METHODS[s.inner_method])))
+    resolve=lambda s: bptt.full_window(s, INNER_METHODS.get(s.inner_method, ""))))  # unknown: validate says
