@@ -17,7 +17,7 @@ its choices are described in docs/methods/at_bptt.md.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

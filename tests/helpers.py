@@ -11,6 +11,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxdd import inner
+from jaxdd.models import make_model
 from jaxdd.unroll import run_prefix
 
 # --- unroll -------------------------------------------------------------------------------------
@@ -79,3 +81,19 @@ def conv_taps(x, kernel, stride, padding):
 
 #: The test-only convolutions by the name a model's `conv` / `conv2d`'s `impl` would use.
 TEST_CONVS = {"shifted": conv_shifted, "taps": conv_taps}
+
+
+def tiny_inner_problem(optimizer, dtype, total, *, width, seed, real):
+    """A tiny float64-able inner problem: an MLP on 4x4 images, 3 classes x 2 images, `real` real images;
+    (model, cfg, params, state, images, labels, real_x, real_y), all drawn from `seed`."""
+    ipc, classes, side = 2, 3, 4
+    model = make_model("mlp", image_shape=(side, side, 1), num_classes=classes, width=width, depth=1)
+    cfg = inner.InnerConfig(optimizer=optimizer, lr=0.1, ipc=ipc, num_classes=classes, per_class=1, total_steps=total)
+    k = jax.random.split(jax.random.key(seed), 4)
+    params, state = model.init(k[0])
+    params = jax.tree.map(lambda a: a.astype(dtype), params)
+    images = jax.random.normal(k[1], (classes * ipc, side, side, 1), dtype)
+    labels = jnp.repeat(jnp.arange(classes), ipc)
+    real_x = jax.random.normal(k[2], (real, side, side, 1), dtype)
+    real_y = jax.random.randint(k[3], (real,), 0, classes)
+    return model, cfg, params, state, images, labels, real_x, real_y

@@ -6,24 +6,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdd import distillation, inner, truncation
+from helpers import tiny_inner_problem
+from jaxdd import distillation, truncation
 from jaxdd.methods.bptt import meta_gradient
-from jaxdd.models import make_model
 
 IPC, C, HW = 2, 3, 4
 
 
 def _problem(total=6, dtype=jnp.float64):
-    model = make_model("mlp", image_shape=(HW, HW, 1), num_classes=C, width=6, depth=1)
-    cfg = inner.InnerConfig(optimizer="adam", lr=0.1, ipc=IPC, num_classes=C, per_class=1, total_steps=total)
-    k = jax.random.split(jax.random.key(5), 4)
-    params, state = model.init(k[0])
-    params = jax.tree.map(lambda a: a.astype(dtype), params)
-    images = jax.random.normal(k[1], (C * IPC, HW, HW, 1), dtype)
-    labels = jnp.repeat(jnp.arange(C), IPC)
-    real_x = jax.random.normal(k[2], (8, HW, HW, 1), dtype)
-    real_y = jax.random.randint(k[3], (8,), 0, C)
-    return model, cfg, params, state, images, labels, real_x, real_y
+    return tiny_inner_problem("adam", dtype, total, width=6, seed=5, real=8)
 
 
 def test_masked_window_equals_plain_window_for_every_length():

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import python_unroll
+from helpers import python_unroll, tiny_inner_problem
 from jaxdd import inner, outer
 from jaxdd.methods import bptt
 from jaxdd.models import make_model
@@ -16,16 +16,7 @@ IPC, C, HW = 2, 3, 4
 
 
 def _problem(optimizer, dtype=jnp.float64, total=6):
-    model = make_model("mlp", image_shape=(HW, HW, 1), num_classes=C, width=8, depth=1)
-    cfg = inner.InnerConfig(optimizer=optimizer, lr=0.1, ipc=IPC, num_classes=C, per_class=1, total_steps=total)
-    k = jax.random.split(jax.random.key(3), 4)
-    params, state = model.init(k[0])
-    params = jax.tree.map(lambda a: a.astype(dtype), params)
-    images = jax.random.normal(k[1], (C * IPC, HW, HW, 1), dtype)
-    labels = jnp.repeat(jnp.arange(C), IPC)
-    real_x = jax.random.normal(k[2], (12, HW, HW, 1), dtype)
-    real_y = jax.random.randint(k[3], (12,), 0, C)
-    return model, cfg, params, state, images, labels, real_x, real_y
+    return tiny_inner_problem(optimizer, dtype, total, width=8, seed=3, real=12)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])

@@ -61,14 +61,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                        help="score a baseline under the protocol recorded in this distilled set")
     proto.add_argument("--protocol", default=None, metavar="NAME",
                        help="a named protocol instead: ratbptt, mtt or quick; see below")
-    proto.add_argument("--model", default=None, metavar="NAME",
-                       help="network: convnet (default), convnet_bn, convnet_nonorm, resnet18, mlp")
-    proto.add_argument("--width", type=positive_int, default=None, metavar="N",
-                       help="network width (ConvNet default: 128 for images >= 16 px, 32 for smaller ones)")
-    proto.add_argument("--depth", type=positive_int, default=None, metavar="N",
-                       help="network depth (ConvNet default: pool while features keep >= 4x4 px: 3 for 32 px, "
-                            "2 for 16-31 px, 1 for 8-15 px, 4 for 64 px)")
-    proto.add_argument("--norm", default=None, metavar="KIND", help="ConvNet norm: instance (default), batch, none")
+    add_network_arguments(proto)
     proto.add_argument("--steps", type=nonnegative_int, default=None, metavar="N",
                        help="training steps per network (overrides the protocol's budget)")
     proto.add_argument("--models", type=positive_int, default=None, metavar="K",

@@ -14,7 +14,7 @@ import dataclasses
 import jax
 import numpy as np
 
-from jaxdd import synthetic, truncation
+from jaxdd import synthetic
 from jaxdd.errors import require
 from jaxdd.evaluation import prefix_ipc
 from jaxdd.initial import initial_set, means_beside
