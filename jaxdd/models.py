@@ -121,7 +121,8 @@ def conv2d(x, kernel, *, stride: int = 1, padding: int = 0, impl: str = "xla"):
 
 
 def _uniform(key, shape, bound):
-    return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+    # JAX's default float (float32, float64 under jax_enable_x64), like the norm layers' parameters beside it
+    return jax.random.uniform(key, shape, minval=-bound, maxval=bound)
 
 
 class Conv(nnx.Module):

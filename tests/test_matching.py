@@ -187,3 +187,21 @@ def test_datm_soft_labels_from_the_expert(tmp_path):
     np.testing.assert_allclose(fixed.labels, r0.labels, rtol=1e-6)
     learned = jaxdd.distill("digits", steps=3, learn_labels=True, **common)
     assert np.abs(learned.labels - r0.labels).max() > 1e-4 and learned.labels.min() >= 0
+
+
+def test_float64_end_to_end_experts_and_a_matching_step(tmp_path):
+    """Under jax_enable_x64 the experts train in float64 (stored as float64 with --expert-dtype float64: values no
+    float32 holds) and matching steps run on float64 images and lr, with no cast by the caller."""
+    import jaxdd
+    from jaxdd import experts
+
+    with jax.enable_x64(True):
+        r = jaxdd.distill("digits", method="mtt", ipc=1, steps=2, num_experts=1, expert_train_epochs=2,
+                          max_start_epoch=1, expert_epochs=1, syn_steps=2, width=8, expert_dtype="float64",
+                          final_eval=False, progress=False, cache_dir=str(tmp_path / "cache"))
+        store = experts.ExpertStore(next((tmp_path / "cache" / "experts").iterdir()))
+        snap = store.snapshot(0, store.num_epochs)
+        assert snap.dtype == np.float64 and np.any(snap != snap.astype(np.float32).astype(np.float64))
+        assert r.images.dtype == np.float64 and np.all(np.isfinite(r.images))
+        assert all(np.isfinite(row["loss"]) for row in r.metrics) and len(r.metrics) == 2
+        assert r.lr != r.settings["settings"]["syn_lr"]  # the learnable lr moved: the steps ran

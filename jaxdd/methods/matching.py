@@ -46,7 +46,7 @@ class MatchingSettings(CommonSettings):
     experts: str = setting("", "folder of expert trajectories ('': train them, cached by data set and settings)")
     num_experts: int = setting(5, "experts to train when --experts is not given")
     expert_train_epochs: int = setting(15, "epochs of each expert when they are trained here")
-    expert_dtype: str = setting("float32", "storage of expert snapshots: float32 | float16 | bfloat16")
+    expert_dtype: str = setting("float32", "storage of expert snapshots: float32 | float16 | bfloat16 | float64")
     expert_augment: str = setting("dsa", "augmentation of the experts' training batches")
     expert_lr: float = setting(0.01, "SGD rate of the experts (the papers' 0.01)")
     expert_batch: int = setting(256, "minibatch of the experts (the papers' 256; smaller for small data sets)")
@@ -59,8 +59,8 @@ class MatchingSettings(CommonSettings):
                 f"--min-start-epoch {self.min_start_epoch} must be below --max-start-epoch {self.max_start_epoch}")
         require(self.syn_lr > 0 and self.lr_lr >= 0, "--syn-lr must be positive and --lr-lr non-negative")
         require(self.remat in REMAT_NAMES, f"unknown --remat '{self.remat}': use {', '.join(REMAT_NAMES)}")
-        require(self.expert_dtype in ("float32", "float16", "bfloat16"),
-                f"unknown --expert-dtype '{self.expert_dtype}': use float32, float16 or bfloat16")
+        require(self.expert_dtype in experts.DTYPES,
+                f"unknown --expert-dtype '{self.expert_dtype}': use {', '.join(experts.DTYPES)}")
         require(self.soft_labels in ("", "expert"), f"unknown --soft-labels '{self.soft_labels}': use expert or ''")
         require(self.label_temp > 0, "--label-temp must be positive")
         return self
@@ -118,7 +118,7 @@ def build(ctx) -> Method:
                                      kind="sgd", momentum=s.momentum)
 
     def init(key, theta, consts):
-        theta = dict(theta, lr=jnp.asarray(s.syn_lr, jnp.float32))
+        theta = dict(theta, lr=jnp.asarray(s.syn_lr, jax.dtypes.canonicalize_dtype(jnp.float64)))
         if s.soft_labels == "expert":  # resumed runs restore their labels from the checkpoint over these
             expert = unravel(jnp.asarray(store.snapshot(0, store.num_epochs)))
             soft = expert_soft_labels(model, expert, state_like, synthetic.images(theta, consts), s.label_temp)
