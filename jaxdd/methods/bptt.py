@@ -91,15 +91,17 @@ def meta_gradient(model: Model, cfg: inner.InnerConfig, theta, consts, params0, 
 
     The window (static `window`, or the masked window of traced `length` <= window) is differentiated
     by one VJP whose cotangent λ = ∇_θ L is computed in chunks over the real batch (exact; memory of
-    one chunk). grad_map_at(carry, theta, consts) -> a gradient map for the window, built from the
-    state at the window start (AT-BPTT's low-rank factors there); it replaces `grad_map` in the window.
+    one chunk). grad_map_at(carry, theta, consts, key) -> a gradient map for the window, built from the
+    state at the window start (AT-BPTT's low-rank factors there) with a key of this member's own
+    (`fold_in(key, 1)`, beside the split that draws the steps); it replaces `grad_map` in the window.
     """
     k_steps, k_real = jax.random.split(key)
     xs = jax.random.split(k_steps, cfg.total_steps)
     step = inner.make_step(model, cfg, consts, grad_map=grad_map)
     carry = run_prefix(step, inner.init_carry(params0, model_state0, cfg), theta, xs, prefix)
     if grad_map_at is not None:
-        step = inner.make_step(model, cfg, consts, grad_map=grad_map_at(carry, theta, consts))
+        grad_map = grad_map_at(carry, theta, consts, jax.random.fold_in(key, 1))
+        step = inner.make_step(model, cfg, consts, grad_map=grad_map)
     real_x = get_augment(real_augment)(real_x, k_real)
 
     def cotangent(end):
@@ -154,7 +156,7 @@ def build(ctx, schedule: truncation.Schedule, *, grad_map_fn=None, grad_map_at=N
     """The BPTT-family method over `schedule`: init / step / batch / finalize / members.
 
     grad_map_fn(state) -> a replacement inner-gradient map or None, called inside the traced step
-    (AT-BPTT's low-rank backward, whose factors live in the state); grad_map_at(carry, theta, consts):
+    (AT-BPTT's low-rank backward, whose factors live in the state); grad_map_at(carry, theta, consts, key):
     one built per member at its window start (see meta_gradient); extra_init() -> a pytree kept in
     method_state["extra"] for a method built on this one; schedule_metrics(state) -> dict adds the
     schedule's own numbers to every metrics row; block_rates(theta) -> {block: rate} sets per-block
