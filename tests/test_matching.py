@@ -205,3 +205,17 @@ def test_float64_end_to_end_experts_and_a_matching_step(tmp_path):
         assert r.images.dtype == np.float64 and np.all(np.isfinite(r.images))
         assert all(np.isfinite(row["loss"]) for row in r.metrics) and len(r.metrics) == 2
         assert r.lr != r.settings["settings"]["syn_lr"]  # the learnable lr moved: the steps ran
+
+
+def test_start_epoch_bound_is_the_authors(tmp_path):
+    """Start epochs t < T+ with target t + M <= E: T+ - 1 + M <= E runs (the authors' T+ 4, M 2 on 5-epoch experts
+    has the same shape as T+ 2, M 1 on 2 epochs here; ff6abf9 refused it), one more is refused in one line."""
+    import jaxdd
+    from jaxdd.errors import JaxddError
+
+    common = dict(method="mtt", ipc=1, steps=2, num_experts=1, expert_train_epochs=2, expert_epochs=1, syn_steps=2,
+                  width=4, depth=1, final_eval=False, progress=False, cache_dir=str(tmp_path / "cache"))
+    r = jaxdd.distill("digits", max_start_epoch=2, **common)
+    assert len(r.metrics) == 2 and all(np.isfinite(row["loss"]) for row in r.metrics)
+    with pytest.raises(JaxddError, match="exceeds the experts' 2 epochs"):
+        jaxdd.distill("digits", max_start_epoch=3, **common)

@@ -103,8 +103,9 @@ def start_bound(settings: MatchingSettings, n, total_steps: int) -> int:
 def build(ctx) -> Method:
     s, model = ctx.settings, ctx.model
     store = experts.for_run(ctx)
-    require(s.max_start_epoch + s.expert_epochs <= store.num_epochs,
-            f"--max-start-epoch {s.max_start_epoch} + --expert-epochs {s.expert_epochs} exceeds the experts' "
+    # start epochs t < T+ and the target t + M <= E: T+ - 1 + M <= E (the authors run T+ 4, M 2 on 5-epoch experts)
+    require(s.max_start_epoch - 1 + s.expert_epochs <= store.num_epochs,
+            f"--max-start-epoch {s.max_start_epoch} - 1 + --expert-epochs {s.expert_epochs} exceeds the experts' "
             f"{store.num_epochs} epochs: lower them or train longer experts")
     params_like, state_like = model.init(jax.random.key(0))  # the state's values start every student
     _, unravel = ravel_pytree(params_like)
