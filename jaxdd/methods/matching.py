@@ -180,7 +180,7 @@ PUBLISHED = {key: dict(syn_steps=n, expert_epochs=m, max_start_epoch=t_max, norm
              for key, (n, m, t_max, zca, lr_img, lr_lr) in _MTT_ROWS.items()}
 # CPU sizes: a handful of short experts (the reasons: docs/methods/matching.md, "Presets").
 CPU = {
-    "digits": dict(syn_steps=20, expert_epochs=2, max_start_epoch=4, outer_lr=30.0, lr_lr=1e-5, syn_lr=0.1,
+    "digits": dict(syn_steps=40, expert_epochs=2, max_start_epoch=4, outer_lr=30.0, lr_lr=1e-5, syn_lr=0.05,
                    num_experts=5, expert_train_epochs=15, augment="none", expert_augment="none", init="real",
                    expert_batch=32, expert_lr=0.05),
     "images32": dict(syn_steps=20, expert_epochs=2, max_start_epoch=8, outer_lr=100.0, lr_lr=1e-5, syn_lr=0.01,
