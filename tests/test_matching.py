@@ -219,3 +219,22 @@ def test_start_epoch_bound_is_the_authors(tmp_path):
     assert len(r.metrics) == 2 and all(np.isfinite(row["loss"]) for row in r.metrics)
     with pytest.raises(JaxddError, match="exceeds the experts' 2 epochs"):
         jaxdd.distill("digits", max_start_epoch=3, **common)
+
+
+def test_published_rows_evaluate_in_epochs_and_carry_batch_syn():
+    """--published MTT evaluates as the authors train (1000 epochs at batch 256, lr decay at epoch 500), not a
+    fixed 5000 steps: 1000 steps for CIFAR-10 IPC 10 (100 images), 20,000 for CIFAR-100 IPC 50 (5,000 images);
+    the CIFAR-100 IPC 50 row carries the authors' batch_syn 125 (ff6abf9: 5000 steps and no batch_syn)."""
+    import dataclasses
+
+    from jaxdd import presets, training
+    from jaxdd.methods import matching
+
+    for (key, ipc, classes), want in {("cifar10", 10, 10): 1000, ("cifar100", 50, 100): 20_000}.items():
+        kwargs = matching.evaluation(presets.preset("mtt", key, ipc, published=True))
+        assert kwargs["protocol"] == "mtt" and "steps" not in kwargs
+        proto = dataclasses.replace(training.PROTOCOLS["mtt"], **{k: v for k, v in kwargs.items()
+                                                                   if k in ("num_models", "augment")})
+        assert proto.num_steps(ipc * classes) == want and proto.lr_decay_at == 0.5 and proto.batch_size == 256
+    assert presets.preset("mtt", "cifar100", 50, published=True).batch_syn == 125
+    assert matching.evaluation(presets.preset("mtt", "digits", 1))["steps"] == 300  # CPU presets: --eval-steps

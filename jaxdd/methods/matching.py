@@ -41,6 +41,8 @@ class MatchingSettings(CommonSettings):
     syn_lr: float = setting(0.01, "initial value of the learnable inner lr")
     momentum: float = setting(0.5, "momentum of the outer SGD (images and lr)")
     batch_syn: int = setting(0, "synthetic images per inner step, class-balanced (0: the whole set)")
+    eval_by_epochs: bool = setting(False, "train evaluation networks for the mtt protocol's 1000 epochs at batch 256, "
+                                          "lr x 0.1 at epoch 500 (the authors'), not --eval-steps steps")
     augment: str = setting("dsa", "augmentation of the synthetic inner batches (per-sample DSA)")
     remat: str = setting("full", "rematerialisation of the inner step: " + " | ".join(REMAT_NAMES))
     experts: str = setting("", "folder of expert trajectories ('': train them, cached by data set and settings)")
@@ -159,12 +161,17 @@ def build(ctx) -> Method:
 
 def evaluation(s: MatchingSettings) -> dict:
     """The MTT protocol (SGD momentum 0.9, wd 5e-4, the learned lr, lr x 0.1 at half) at the run's budget."""
-    return dict(protocol="mtt", model=s.model, width=s.width, depth=s.depth or None, norm=s.norm,
-                steps=s.eval_steps, num_models=s.eval_models, augment="none" if s.augment == "none" else "dsa",
-                use_learned_lr=True)
+    kwargs = dict(protocol="mtt", model=s.model, width=s.width, depth=s.depth or None, norm=s.norm,
+                  steps=s.eval_steps, num_models=s.eval_models, augment="none" if s.augment == "none" else "dsa",
+                  use_learned_lr=True)
+    if s.eval_by_epochs:  # the protocol's own epochs: 1000 · ⌈N / 256⌉ steps
+        del kwargs["steps"]
+    return kwargs
 
 
 # Published MTT rows (the paper's Table, CIFAR): (dataset, ipc) -> (N, M, T+, zca, lr_img, lr_lr).
+# batch_syn where the authors set it (CIFAR-100 IPC 50: 125 per inner step; docs/methods/matching.md).
+_BATCH_SYN = {("cifar100", 50): 125}
 _MTT_ROWS = {
     ("cifar10", 1): (50, 2, 2, True, 1e3, 1e-7),
     ("cifar10", 10): (30, 2, 20, True, 1e3, 1e-5),
@@ -175,8 +182,8 @@ _MTT_ROWS = {
 }
 PUBLISHED = {key: dict(syn_steps=n, expert_epochs=m, max_start_epoch=t_max, normalize="zca-mtt" if zca else "standardize",
                        outer_lr=lr_img, lr_lr=lr_lr, syn_lr=0.01, width=128, depth=3, num_experts=100,
-                       expert_train_epochs=50, expert_dtype="float16", init="real", eval_steps=5000, eval_models=5,
-                       val_fraction=0.0)
+                       expert_train_epochs=50, expert_dtype="float16", init="real", eval_by_epochs=True,
+                       eval_models=5, val_fraction=0.0, batch_syn=_BATCH_SYN.get(key, 0))
              for key, (n, m, t_max, zca, lr_img, lr_lr) in _MTT_ROWS.items()}
 # CPU sizes: a handful of short experts (the reasons: docs/methods/matching.md, "Presets").
 CPU = {
