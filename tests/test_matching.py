@@ -238,3 +238,29 @@ def test_published_rows_evaluate_in_epochs_and_carry_batch_syn():
         assert proto.num_steps(ipc * classes) == want and proto.lr_decay_at == 0.5 and proto.batch_size == 256
     assert presets.preset("mtt", "cifar100", 50, published=True).batch_syn == 125
     assert matching.evaluation(presets.preset("mtt", "digits", 1))["steps"] == 300  # CPU presets: --eval-steps
+
+
+def test_authors_sampler_takes_shuffled_chunks_without_replacement(tmp_path):
+    """--syn-batches chunks (the default, the authors'): each run of N/batch inner steps covers every synthetic
+    image exactly once in a per-outer-step shuffle, with no class balance; balanced draws batch // C per class.
+    At ff6abf9 batch_syn 4 with 10 classes gave one image of each of the 10 classes per step."""
+    from jaxdd.inner import chunk_batch
+
+    cfg = inner.InnerConfig(optimizer="sgd", ipc=2, num_classes=10, chunk=4, total_steps=10)
+    key = jax.random.key(3)
+    rows = np.stack([np.asarray(chunk_batch(key, t, cfg)) for t in range(10)])
+    assert rows.shape == (10, 4)
+    for first in (0, 5):  # 20 images in chunks of 4: steps 0-4 and 5-9 each cover the set once
+        np.testing.assert_array_equal(np.sort(rows[first:first + 5].ravel()), np.arange(20))
+    assert not np.array_equal(rows[:5], rows[5:])  # reshuffled when used up
+    classes = rows // 2
+    assert any(len(set(c)) < 4 for c in classes)  # not class-balanced: some chunk repeats a class
+    assert not np.array_equal(np.asarray(chunk_batch(jax.random.key(4), 0, cfg)), rows[0])  # per outer step
+    import jaxdd
+
+    common = dict(method="mtt", ipc=2, steps=2, num_experts=1, expert_train_epochs=2, expert_epochs=1,
+                  max_start_epoch=1, syn_steps=3, batch_syn=4, width=4, depth=1, final_eval=False, progress=False,
+                  cache_dir=str(tmp_path / "cache"))
+    for kind in ("chunks", "balanced"):
+        r = jaxdd.distill("digits", syn_batches=kind, **common)
+        assert all(np.isfinite(row["loss"]) for row in r.metrics)

@@ -40,7 +40,10 @@ class MatchingSettings(CommonSettings):
     lr_lr: float = setting(1e-5, "SGD rate of the learnable inner lr")
     syn_lr: float = setting(0.01, "initial value of the learnable inner lr")
     momentum: float = setting(0.5, "momentum of the outer SGD (images and lr)")
-    batch_syn: int = setting(0, "synthetic images per inner step, class-balanced (0: the whole set)")
+    batch_syn: int = setting(0, "synthetic images per inner step (0: the whole set), drawn by --syn-batches")
+    syn_batches: str = setting("chunks", "chunks: the authors' (the set shuffled once, chunks of --batch-syn taken "
+                                         "without replacement, not class-balanced) | balanced: --batch-syn // C "
+                                         "of each class, drawn afresh each step")
     eval_by_epochs: bool = setting(False, "train evaluation networks for the mtt protocol's 1000 epochs at batch 256, "
                                           "lr x 0.1 at epoch 500 (the authors'), not --eval-steps steps")
     augment: str = setting("dsa", "augmentation of the synthetic inner batches (per-sample DSA)")
@@ -65,6 +68,8 @@ class MatchingSettings(CommonSettings):
                 f"unknown --expert-dtype '{self.expert_dtype}': use {', '.join(experts.DTYPES)}")
         require(self.soft_labels in ("", "expert"), f"unknown --soft-labels '{self.soft_labels}': use expert or ''")
         require(self.label_temp > 0, "--label-temp must be positive")
+        require(self.syn_batches in ("chunks", "balanced"),
+                f"unknown --syn-batches '{self.syn_batches}': use chunks or balanced")
         return self
 
 
@@ -85,6 +90,8 @@ def match(model, cfg: inner.InnerConfig, theta, consts, start_flat, target_flat,
     """(loss, end parameters) of N = cfg.total_steps inner SGD steps from the expert's start point."""
     dtype = jax.dtypes.canonicalize_dtype(jnp.float64)  # float32, or float64 under x64
     start_flat, target_flat = start_flat.astype(dtype), target_flat.astype(dtype)
+    if cfg.chunk is not None:  # the authors' sampler: one shuffle of the set per outer step
+        consts = dict(consts, chunk_key=jax.random.fold_in(key, 1))
     step = inner.make_step(model, cfg, consts)
     params0 = unravel(start_flat)
     carry = inner.init_carry(params0, model_state0, cfg)
@@ -111,9 +118,11 @@ def build(ctx) -> Method:
             f"{store.num_epochs} epochs: lower them or train longer experts")
     params_like, state_like = model.init(jax.random.key(0))  # the state's values start every student
     _, unravel = ravel_pytree(params_like)
-    per_class = max(1, s.batch_syn // ctx.num_classes) if s.batch_syn else None
+    balanced = s.batch_syn and s.syn_batches == "balanced"
+    per_class = max(1, s.batch_syn // ctx.num_classes) if balanced else None
+    chunk = s.batch_syn if s.batch_syn and not balanced and s.batch_syn < ctx.ipc * ctx.num_classes else None
     cfg = inner.InnerConfig(optimizer="sgd", lr=s.syn_lr, ipc=ctx.ipc, num_classes=ctx.num_classes,
-                            per_class=min(per_class, ctx.ipc) if per_class else None, augment=s.augment,
+                            per_class=min(per_class, ctx.ipc) if per_class else None, chunk=chunk, augment=s.augment,
                             total_steps=s.syn_steps)
 
     def optimizer(theta):
