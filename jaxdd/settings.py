@@ -15,7 +15,7 @@ from jaxdd.models import DEPTH_RULE
 
 INITS = ("noise", "real", "means")
 LABEL_LR_HELP = "outer learning rate of learned labels, with the images' outer optimizer (0: --outer-lr)"
-NORMALIZE = ("standardize", "zca", "zca-mtt", "none")
+NORMALIZE = ("standardize", "zca", "zca-mtt", "none", "standardize-cifar", "standardize-imagenet")
 
 
 def setting(default, help: str, *, minimum=0):

@@ -264,3 +264,20 @@ def test_authors_sampler_takes_shuffled_chunks_without_replacement(tmp_path):
     for kind in ("chunks", "balanced"):
         r = jaxdd.distill("digits", syn_batches=kind, **common)
         assert all(np.isfinite(row["loss"]) for row in r.metrics)
+
+
+def test_published_non_zca_rows_use_the_authors_fixed_constants():
+    """The authors normalise non-ZCA CIFAR inputs with fixed constants (mean 0.4914/0.4822/0.4465, std
+    0.2023/0.1994/0.2010, CIFAR-100 too), not the data set's own std (~0.25): inputs ~1.2x larger.
+    ff6abf9 used 'standardize' (fitted) for these rows and had no fixed kind."""
+    from jaxdd import presets
+    from jaxdd.data.preprocess import fit_preprocessing
+
+    for key, ipc in (("cifar10", 50), ("cifar100", 10)):
+        assert presets.preset("mtt", key, ipc, published=True).normalize == "standardize-cifar"
+    assert presets.preset("mtt", "cifar10", 10, published=True).normalize == "zca-mtt"
+    x = np.random.default_rng(0).uniform(size=(6, 4, 4, 3)).astype(np.float32)
+    pre = fit_preprocessing(x, "standardize-cifar")
+    want = (x - np.array([0.4914, 0.4822, 0.4465])) / np.array([0.2023, 0.1994, 0.2010])
+    np.testing.assert_allclose(pre.apply(x), want, rtol=1e-5)
+    np.testing.assert_allclose(pre.inverse(pre.apply(x)), x, atol=1e-6)

@@ -189,7 +189,7 @@ _MTT_ROWS = {
     ("cifar100", 10): (20, 2, 20, False, 1e3, 1e-5),
     ("cifar100", 50): (80, 2, 40, True, 1e3, 1e-5),
 }
-PUBLISHED = {key: dict(syn_steps=n, expert_epochs=m, max_start_epoch=t_max, normalize="zca-mtt" if zca else "standardize",
+PUBLISHED = {key: dict(syn_steps=n, expert_epochs=m, max_start_epoch=t_max, normalize="zca-mtt" if zca else "standardize-cifar",
                        outer_lr=lr_img, lr_lr=lr_lr, syn_lr=0.01, width=128, depth=3, num_experts=100,
                        expert_train_epochs=50, expert_dtype="float16", init="real", eval_by_epochs=True,
                        eval_models=5, val_fraction=0.0, batch_syn=_BATCH_SYN.get(key, 0))
