@@ -121,8 +121,7 @@ def conv2d(x, kernel, *, stride: int = 1, padding: int = 0, impl: str = "xla"):
 
 
 def _uniform(key, shape, bound):
-    # JAX's default float (float32, float64 under jax_enable_x64), like the norm layers' parameters beside it
-    return jax.random.uniform(key, shape, minval=-bound, maxval=bound)
+    return jax.random.uniform(key, shape, minval=-bound, maxval=bound)  # the default float, float64 under x64
 
 
 class Conv(nnx.Module):
