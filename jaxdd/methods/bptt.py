@@ -20,7 +20,7 @@ from jaxdd.augment import get_augment, strategy_ops
 from jaxdd.errors import require
 from jaxdd.methods.base import Method, MethodSpec, Presets, new_state, register
 from jaxdd.models import Model
-from jaxdd.optim import INNER_ADAM_KINDS
+from jaxdd.optim import INNER_ADAM_KINDS, with_switch
 from jaxdd.settings import CommonSettings, setting
 from jaxdd.unroll import REMAT_NAMES, run_prefix, window_vjp
 
@@ -38,7 +38,8 @@ class BPTTSettings(CommonSettings):
     population: int = setting(1, "independent inner networks per meta-step, meta-gradients averaged")
     inner_optimizer: str = setting("adam", "inner optimizer: adam | sgd | momentum")
     inner_adam: str = setting("torch", "inner Adam: torch (torch.optim.Adam's update, safe at zero second "
-                                       "moments) | higher (eps before bias correction) | optax (eps_root 1e-8)")
+                                       "moments) | higher (eps before bias correction) | optax (eps_root 1e-8) | "
+                                       "authors (torch over the prefix, higher over the window: RaT-BPTT's code)")
     inner_lr: float = setting(1e-3, "inner learning rate (also the evaluation networks' lr)")
     per_class: int = setting(0, "images per class in an inner batch (0: all IPC)")
     classes_per_step: int = setting(0, "classes in an inner batch (0: all)")
@@ -98,7 +99,9 @@ def meta_gradient(model: Model, cfg: inner.InnerConfig, theta, consts, params0, 
     k_steps, k_real = jax.random.split(key)
     xs = jax.random.split(k_steps, cfg.total_steps)
     step = inner.make_step(model, cfg, consts, grad_map=grad_map)
-    carry = run_prefix(step, inner.init_carry(params0, model_state0, cfg), theta, xs, prefix)
+    carry = inner.init_carry(params0, model_state0, cfg)
+    carry = dataclasses.replace(carry, opt_state=with_switch(carry.opt_state, prefix))  # --inner-adam authors
+    carry = run_prefix(step, carry, theta, xs, prefix)
     if grad_map_at is not None:
         grad_map = grad_map_at(carry, theta, consts, jax.random.fold_in(key, 1))
         step = inner.make_step(model, cfg, consts, grad_map=grad_map)
@@ -254,7 +257,7 @@ def apply_meta_gradient(state, grads, optimizer, member_metrics, method_state):
 # image for the outer loss and the ZCA fit. Tiny-ImageNet: ConvNet-4 on 64x64, per-channel standardization.
 _CIFAR = dict(width=128, depth=3, normalize="zca", inner_lr=1e-3, outer_lr=1e-3, real_batch=5000, outer_chunk=500,
               augment="flip_rotate", real_augment="flip_rotate", init="noise", noise_scale="unit", resample="pass",
-              val_fraction=0.0, eval_steps=1000, eval_models=8)
+              val_fraction=0.0, eval_steps=1000, eval_models=8, inner_adam="authors")
 _TINY = dict(_CIFAR, depth=4, normalize="standardize", per_class=1, classes_per_step=50, real_batch=1000,
              outer_chunk=250, outer_lr=3e-4, learn_labels=True)
 PUBLISHED = {
