@@ -148,9 +148,9 @@ def check(jsonl: str, out: str, only) -> list[dict]:
         summary, _, _ = _jaxdd(cmd)
         new = round(100 * summary["accuracy_mean"], 2)
         lo, hi = spread(rows, name)
-        row = dict(job=name, recorded=recorded[name]["distilled"], commit=recorded[name].get("commit"), new=new,
+        row = dict(job=name, recorded=recorded[name]["distilled"], recorded_commit=recorded[name].get("commit"), new=new,
                    spread=[round(lo, 2), round(hi, 2)], within=bool(lo <= new <= hi), **provenance())
-        print(f"| {name} | {row['recorded']:.2f} | {row['commit']} | {new:.2f} | {lo:.2f}–{hi:.2f} | "
+        print(f"| {name} | {row['recorded']:.2f} | {row['recorded_commit']} | {new:.2f} | {lo:.2f}–{hi:.2f} | "
               f"{'yes' if row['within'] else 'NO'} |", flush=True)
         result.append(row)
     return result
