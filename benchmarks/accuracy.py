@@ -2,6 +2,7 @@
 
     nice -n 15 python -m benchmarks.accuracy --out /tmp/jaxdd-acc --sets /tmp/jaxdd-sets \
         [--only digits-ipc1 ...] [--jsonl benchmarks/results/accuracy_cpu.jsonl]
+    nice -n 15 python -m benchmarks.accuracy --check benchmarks/results/accuracy_cpu.jsonl [--only JOB ...]
 
 Per job: `python -m jaxdd distill --dataset D --ipc N --steps S --json` (default settings unless the job
 adds options), timed; then `python -m jaxdd evaluate OUT/distilled.npz` (the protocol the set records) and
@@ -19,9 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 
@@ -101,7 +104,59 @@ def run_job(name: str, dataset: str, ipc: int, steps, extra: list[str], out: str
                 gain=round(100 * (again["accuracy_mean"] - mean_real), 2),
                 gain_interval=[round(100 * summary["gain_low"], 2), round(100 * summary["gain_high"], 2)],
                 protocol={k: again.get(k) for k in ("protocol", "steps", "num_models", "lr", "augment", "width", "depth")},
-                distill_s=rows[-1]["seconds"] if rows else None, command_s=round(wall, 1), cpu_s=round(cpu, 1))
+                distill_s=rows[-1]["seconds"] if rows else None, command_s=round(wall, 1), cpu_s=round(cpu, 1),
+                **provenance())
+
+
+def provenance() -> dict:
+    """Commit (with '+' when the tree has changes), UTC date and machine of a row."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    git = ["git", "-C", root]
+    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout
+    return dict(commit=commit + ("+" if dirty.strip() else ""), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                machine=f"{os.cpu_count()}-core {platform.machine()} {platform.processor() or platform.system()}")
+
+
+#: the rows `--check` re-runs: digits at IPC <= 10 (under two minutes each on 2 cores)
+CHECKED = [name for name, (dataset, ipc, _, _) in JOBS.items() if dataset == "digits" and ipc <= 10]
+
+
+def spread(rows: list[dict], job: str) -> tuple[float, float]:
+    """The recorded spread a re-run of `job` should fall in: over the seeds of its family (jobs named alike
+    but for '-seedN'), min - std to max + std of their distilled accuracy (std: over evaluation networks)."""
+    family = job.rsplit("-seed", 1)[0]
+    mates = [r for r in rows if r["job"] == job or r["job"].rsplit("-seed", 1)[0] == family and "-seed" in r["job"]]
+    latest = {r["job"]: r for r in mates}  # the newest row of each job
+    values = [r["distilled"] for r in latest.values()]
+    std = max(r["distilled_std"] for r in latest.values())
+    return min(values) - std, max(values) + std
+
+
+def check(jsonl: str, out: str, only) -> list[dict]:
+    """Re-run every checked row (distill only, the printed accuracy) from a fresh expert cache; per row the
+    recorded number, the new one and whether it lies within the row's spread. Prints a Markdown table."""
+    with open(jsonl) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    recorded = {r["job"]: r for r in rows}
+    cache = tempfile.mkdtemp(prefix="jaxdd-check-cache-")
+    result = []
+    print("| job | recorded | commit | new | spread | within |\n|---|---|---|---|---|---|", flush=True)
+    for name in CHECKED:
+        if name not in recorded or (only and name not in only):
+            continue
+        dataset, ipc, steps, extra = JOBS[name]
+        cmd = ["distill", "--dataset", dataset, "--ipc", str(ipc), "--out", os.path.join(out, name), "--overwrite",
+               "--cache-dir", cache, *extra] + (["--steps", str(steps)] if steps is not None else [])
+        summary, _, _ = _jaxdd(cmd)
+        new = round(100 * summary["accuracy_mean"], 2)
+        lo, hi = spread(rows, name)
+        row = dict(job=name, recorded=recorded[name]["distilled"], recorded_commit=recorded[name].get("commit"), new=new,
+                   spread=[round(lo, 2), round(hi, 2)], within=bool(lo <= new <= hi), **provenance())
+        print(f"| {name} | {row['recorded']:.2f} | {row['recorded_commit']} | {new:.2f} | {lo:.2f}–{hi:.2f} | "
+              f"{'yes' if row['within'] else 'NO'} |", flush=True)
+        result.append(row)
+    return result
 
 
 def markdown(rows: list[dict]) -> str:
@@ -125,7 +180,12 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", help=f"jobs to run (default all): {', '.join(JOBS)}")
     ap.add_argument("--jsonl", help="append each job's JSON line to this file")
     ap.add_argument("--table", metavar="JSONL", help="only print the Markdown table of the rows in JSONL")
+    ap.add_argument("--check", metavar="JSONL", help="re-run the digits rows recorded in JSONL (IPC <= 10, every method) "
+                                                     "from a fresh expert cache: recorded vs new, within the spread?")
     args = ap.parse_args()
+    if args.check:
+        rows = check(args.check, args.out, args.only)
+        sys.exit(0 if all(r["within"] for r in rows) else 1)
     if args.table:
         with open(args.table) as f:
             print(markdown([json.loads(line) for line in f if line.strip()]))

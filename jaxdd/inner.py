@@ -53,6 +53,7 @@ class InnerConfig:
     num_classes: int = 10
     per_class: int | None = None  # images of each class per inner batch (None: all ipc)
     classes_per_step: int | None = None  # classes per inner batch (None: all)
+    chunk: int | None = None  # MTT authors' sampler: chunks of this many rows of a shuffled set (consts["chunk_key"])
     augment: str = "none"
     total_steps: int = 1  # length of the grad_norms table
 
@@ -63,6 +64,9 @@ class InnerConfig:
                 f"inner per_class {self.per_class} must be between 1 and ipc {self.ipc}")
         require(self.classes_per_step is None or 1 <= self.classes_per_step <= self.num_classes,
                 f"inner classes_per_step {self.classes_per_step} must be between 1 and {self.num_classes}")
+        n = self.ipc * self.num_classes
+        require(self.chunk is None or (1 <= self.chunk <= n and n % self.chunk == 0),
+                f"synthetic batch {self.chunk} must divide the set's {n} images: choose another --batch-syn")
 
 
 def direction(cfg: InnerConfig) -> optax.GradientTransformation:
@@ -100,6 +104,16 @@ def default_grad_map(model: Model) -> GradMap:
         return loss, (loss, new_state)
 
     return jax.grad(loss_fn, has_aux=True)
+
+
+def chunk_batch(chunk_key, t, cfg: InnerConfig):
+    """Rows of inner step t under MTT's authors' sampler: the whole set shuffled (from `chunk_key`, the
+    outer step's), cut into chunks of cfg.chunk taken in turn without replacement, reshuffled when used
+    up; not class-balanced."""
+    n = cfg.ipc * cfg.num_classes
+    per = n // cfg.chunk
+    perm = jax.random.permutation(jax.random.fold_in(chunk_key, t // per), n)
+    return jax.lax.dynamic_slice(perm, ((t % per) * cfg.chunk,), (cfg.chunk,))
 
 
 def sample_inner_batch(key, cfg: InnerConfig):
@@ -141,7 +155,8 @@ def make_step(model: Model, cfg: InnerConfig, consts, *, grad_map: GradMap | Non
         images, labels, lr = assemble(theta, consts)
         lr = cfg.lr if lr is None else lr
         k_batch, k_aug = jax.random.split(key)
-        idx = sample_inner_batch(k_batch, cfg)
+        idx = (sample_inner_batch(k_batch, cfg) if cfg.chunk is None
+               else chunk_batch(consts["chunk_key"], carry.t, cfg))
         x = aug(images[idx], k_aug)
         grads, (_, new_state) = grad_map(carry.params, carry.model_state, x, labels[idx])
         gnorm = jax.lax.stop_gradient(optax.tree.norm(grads)).astype(carry.grad_norms.dtype)

@@ -121,7 +121,7 @@ def conv2d(x, kernel, *, stride: int = 1, padding: int = 0, impl: str = "xla"):
 
 
 def _uniform(key, shape, bound):
-    return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+    return jax.random.uniform(key, shape, minval=-bound, maxval=bound)  # the default float, float64 under x64
 
 
 class Conv(nnx.Module):

@@ -17,7 +17,7 @@ from jaxdd.stopping import STOPS
 
 INITS = ("noise", "real", "means")
 LABEL_LR_HELP = "outer learning rate of learned labels, with the images' outer optimizer (0: --outer-lr)"
-NORMALIZE = ("standardize", "zca", "zca-mtt", "none")
+NORMALIZE = ("standardize", "zca", "zca-mtt", "none", "standardize-cifar", "standardize-imagenet")
 
 
 def setting(default, help: str, *, minimum=0):

@@ -16,6 +16,7 @@ are untouched by construction.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -28,8 +29,10 @@ def block_name(index: int) -> str:
 
 def make(images, labels, num_classes: int, *, row_block=None, learn_labels: bool = False, lr=None):
     """(theta, consts) of a class-major set. row_block: int [N], −1 = frozen, b >= 0 = learned block b
-    (default: one learned block). labels: int [N] or soft [N, C]. lr: a learnable inner lr (or None)."""
-    images = np.asarray(images, np.float32)
+    (default: one learned block). labels: int [N] or soft [N, C]. lr: a learnable inner lr (or None).
+    Floats are JAX's default float: float32, float64 under jax_enable_x64."""
+    dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
+    images = np.asarray(images, dtype)
     n = len(images)
     row_block = np.zeros(n, np.int32) if row_block is None else np.asarray(row_block, np.int32)
     groups = sorted(set(row_block.tolist()))
@@ -43,15 +46,15 @@ def make(images, labels, num_classes: int, *, row_block=None, learn_labels: bool
         consts["frozen"] = jnp.asarray(images[frozen_rows])
     labels = np.asarray(labels)
     if labels.ndim == 2 or learn_labels:
-        soft = labels if labels.ndim == 2 else np.eye(num_classes, dtype=np.float32)[labels]
+        soft = labels if labels.ndim == 2 else np.eye(num_classes, dtype=dtype)[labels]
         if learn_labels:
-            theta["labels"] = jnp.asarray(soft, jnp.float32)
+            theta["labels"] = jnp.asarray(soft, dtype)
         else:
-            consts["labels"] = jnp.asarray(soft, jnp.float32)
+            consts["labels"] = jnp.asarray(soft, dtype)
     else:
         consts["labels"] = jnp.asarray(labels, jnp.int32)
     if lr is not None:
-        theta["lr"] = jnp.asarray(lr, jnp.float32)
+        theta["lr"] = jnp.asarray(lr, dtype)
     return theta, consts
 
 

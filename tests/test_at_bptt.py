@@ -377,3 +377,28 @@ def test_at_bptt_distils_digits_better_than_random_real(digits):
     assert len(windows) > 1 and min(windows) >= 7 and max(windows) <= 13, windows
     assert all(row["prefix"] + row["window"] <= 20 for row in r.metrics)
     assert r.evaluation["accuracy_mean"] > r.baseline["accuracy_mean"] + 0.10, (r.evaluation, r.baseline)
+
+
+def test_lanczos_start_vectors_come_from_the_members_key(monkeypatch):
+    """own_factors hands the member's key to Lanczos (not fold_in(key(0), t)): two member keys give two start
+    keys and the same key the same one (a resumed run replays its step keys); bptt.meta_gradient derives it
+    from the member key."""
+    from jaxdd.methods import at_bptt, bptt
+
+    seen = []
+    monkeypatch.setattr(hessian, "low_rank_hessian", lambda loss, params, k, key: seen.append(key) or (None, None))
+    monkeypatch.setattr(hessian, "low_rank_grad_map", lambda model, factors: None)
+    model = make_model("convnet", image_shape=(4, 4, 1), num_classes=2, width=2, depth=1)
+    params, state = model.init(jax.random.key(0))
+    cfg = inner.InnerConfig(optimizer="sgd", lr=0.1, ipc=1, num_classes=2, total_steps=3)
+    carry = inner.init_carry(params, state, cfg)
+    theta, consts = {"images": jnp.zeros((2, 4, 4, 1))}, {"labels": jnp.arange(2)}
+    at_window_start = at_bptt.own_factors(model, 2)
+    for k in (1, 2, 1):
+        at_window_start(carry, theta, consts, jax.random.key(k))
+    data = [np.asarray(jax.random.key_data(k)) for k in seen]
+    assert not np.array_equal(data[0], data[1]) and np.array_equal(data[0], data[2])
+    keys = []
+    bptt.meta_gradient(model, cfg, theta, consts, params, state, jnp.zeros((2, 4, 4, 1)), jnp.arange(2),
+                       jax.random.key(5), 1, window=2, grad_map_at=lambda c, t, k_, key: keys.append(key))
+    np.testing.assert_array_equal(jax.random.key_data(keys[0]), jax.random.key_data(jax.random.fold_in(jax.random.key(5), 1)))

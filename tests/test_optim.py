@@ -174,3 +174,58 @@ def test_inner_adam_direction_kinds_and_errors():
         with pytest.raises(JaxddError, match=match) as err:
             call()
         assert "\n" not in str(err.value)
+
+
+def test_authors_kind_is_torch_within_the_prefix_and_higher_after_in_float64():
+    """--inner-adam authors against a plain numpy re-computation of RaT-BPTT's authors' mix: torch.optim.Adam's
+    formula (eps after the bias correction) for Adam counts 1..prefix, higher 0.2.1's (eps before it) after, one
+    state throughout; for prefix 0 it is "higher", for prefix >= T "torch"."""
+    b1, b2, eps, steps = 0.9, 0.999, 1e-3, 7  # a large eps, so that the two formulas differ visibly
+    rng = np.random.default_rng(4)
+    grads = [rng.standard_normal(5) * 10.0 ** rng.uniform(-4, 0, 5) for _ in range(steps)]
+    with jax.enable_x64(True):
+        for prefix in (0, 3, steps):
+            opt = optim.inner_adam_direction("authors", b1, b2, eps)
+            state = optim.with_switch(opt.init(jnp.zeros(5)), prefix)
+            m, v = np.zeros(5), np.zeros(5)
+            for t, g in enumerate(grads, start=1):
+                out, state = opt.update(jnp.asarray(g), state)
+                m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+                c1, c2 = 1 - b1 ** t, 1 - b2 ** t
+                want = (m / c1) / (np.sqrt(v / c2) + eps) if t <= prefix else (m / c1) * np.sqrt(c2) / (np.sqrt(v) + eps)
+                np.testing.assert_allclose(np.asarray(out), want, rtol=1e-12, atol=0)
+        torch_out = optim.inner_adam_direction("torch", b1, b2, eps).update(jnp.asarray(grads[0]),
+                                                                            optim.inner_adam_direction("torch", b1, b2, eps).init(jnp.zeros(5)))[0]
+        higher_out = optim.inner_adam_direction("higher", b1, b2, eps).update(jnp.asarray(grads[0]),
+                                                                              optim.inner_adam_direction("higher", b1, b2, eps).init(jnp.zeros(5)))[0]
+        assert float(jnp.abs(torch_out - higher_out).max()) > 1e-6  # the check can tell the formulas apart
+
+
+def test_authors_kind_switches_at_the_members_prefix_inside_the_meta_gradient():
+    """bptt.meta_gradient sets the switch to the member's prefix (one compile for every prefix): with prefix 0 the
+    "authors" meta-gradient is "higher"'s; with a prefix it is neither "higher"'s nor "torch"'s."""
+    from jaxdd import inner
+    from jaxdd.methods.bptt import meta_gradient
+    from jaxdd.models import make_model
+
+    with jax.enable_x64(True):
+        model = make_model("convnet", image_shape=(4, 4, 1), num_classes=2, width=2, depth=1)
+        params, state = model.init(jax.random.key(0))
+        rng = np.random.default_rng(0)
+        theta = {"images": jnp.asarray(rng.standard_normal((4, 4, 4, 1)))}
+        consts = {"labels": jnp.array([0, 0, 1, 1])}
+        x, y = jnp.asarray(rng.standard_normal((6, 4, 4, 1))), jnp.array([0, 1, 0, 1, 0, 1])
+
+        def grad(kind, prefix):
+            cfg = inner.InnerConfig(adam=kind, lr=1e-2, eps=1e-3, ipc=2, num_classes=2, total_steps=5)
+            fn = jax.jit(lambda p: meta_gradient(model, cfg, theta, consts, params, state, x, y, jax.random.key(1), p,
+                                                 window=2)[0]["images"])
+            return np.asarray(fn(prefix))
+
+        np.testing.assert_allclose(grad("authors", 0), grad("higher", 0), rtol=1e-12, atol=1e-15)
+        mixed, torch_g, higher_g = grad("authors", 3), grad("torch", 3), grad("higher", 3)
+        assert np.abs(mixed - torch_g).max() > 1e-9 * np.abs(mixed).max()
+        assert np.abs(mixed - higher_g).max() > 1e-9 * np.abs(mixed).max()
+    from jaxdd import presets
+
+    assert presets.preset("rat-bptt", "cifar10", 10, published=True).inner_adam == "authors"  # the published default

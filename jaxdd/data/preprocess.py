@@ -30,7 +30,11 @@ import numpy as np
 
 from jaxdd.errors import JaxddError, require
 
-NORMALIZATIONS = ("none", "standardize", "zca", "zca-mtt")
+NORMALIZATIONS = ("none", "standardize", "zca", "zca-mtt", "standardize-cifar", "standardize-imagenet")
+#: fixed per-channel (mean, std) of the MTT authors' non-ZCA inputs (utils.get_dataset): CIFAR-10 and CIFAR-100
+#: both take the CIFAR-10 constants; Tiny-ImageNet and the ImageNet subsets the ImageNet ones
+FIXED_STANDARDIZE = {"standardize-cifar": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+                     "standardize-imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
 ZCA_VARIANTS = ("zca", "zca-mtt")
 DEFAULT_ZCA_REGULARIZATION = 0.1
 
@@ -161,7 +165,7 @@ class Preprocessing:
     zca: Zca | None = None
 
     def apply(self, x):
-        if self.name == "standardize":
+        if self.name.startswith("standardize"):
             return (x - self.mean) / self.std
         if self.zca is not None:
             return self.zca.transform(x)
@@ -169,7 +173,7 @@ class Preprocessing:
 
     def inverse(self, x):
         xp = _xp(x)
-        if self.name == "standardize":
+        if self.name.startswith("standardize"):
             x = x * self.std + self.mean
         elif self.name == "zca-mtt":
             x = self.zca.inverse_transform(x)
@@ -224,6 +228,10 @@ def fit_preprocessing(
         mean, std = channel_mean_std(x_train)
         std = np.where(std > 1e-8, std, 1.0)  # constant channels are only centred
         return Preprocessing("standardize", mean=mean.astype(np.float32), std=std.astype(np.float32))
+    if normalize in FIXED_STANDARDIZE:
+        mean, std = (np.asarray(v, np.float32) for v in FIXED_STANDARDIZE[normalize])
+        require(x_train.shape[-1] == 3, f"--normalize {normalize} is for RGB images, not {x_train.shape[-1]} channels")
+        return Preprocessing(normalize, mean=mean, std=std)
     return Preprocessing(normalize, zca=fit_zca(x_train, variant=normalize, regularization=zca_regularization))
 
 

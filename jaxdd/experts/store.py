@@ -28,7 +28,7 @@ from jaxdd.data.folder import default_cache_dir
 from jaxdd.errors import require
 
 FORMAT = 1
-DTYPES = ("float32", "float16", "bfloat16")
+DTYPES = ("float32", "float16", "bfloat16", "float64")
 MANIFEST = "manifest.json"
 
 
@@ -64,10 +64,10 @@ def to_storage(vectors: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def from_storage(rows: np.ndarray, dtype: str) -> np.ndarray:
-    """Stored rows -> float32 (a copy; the memory map is only read)."""
+    """Stored rows -> float32, float64 ones as float64 (a copy; the memory map is only read)."""
     if dtype == "bfloat16":
         rows = np.asarray(rows).view(ml_dtypes.bfloat16)
-    return np.array(rows, np.float32)  # always a copy, never a view into the memory map
+    return np.array(rows, np.float64 if dtype == "float64" else np.float32)  # a copy, never a view into the map
 
 
 def storage_dtype(dtype: str):

@@ -35,6 +35,11 @@ from jaxdd.forgetting import ForgettingState
 DEFAULT_GROUP_SIZE = 8
 
 
+def compute_dtype():
+    """The float experts train in: float32, or float64 under jax_enable_x64 (as the model's parameters)."""
+    return jax.dtypes.canonicalize_dtype(jnp.float64)
+
+
 def expert_keys(seed: int, expert: int) -> tuple[jax.Array, jax.Array]:
     """(init key, training key) of expert ``expert``; epoch e of its training draws from
     ``fold_in(training key, e)``."""
@@ -74,7 +79,7 @@ def epoch_fn(model: models_lib.Model, batch_size: int, augment: str):
             idx = jax.lax.dynamic_slice(perm, (s * batch_size,), (batch_size,))
             return sgd_step(carry, x_all, y_all, idx, jax.random.fold_in(k_aug, s), lr)
 
-        carry = jax.lax.fori_loop(0, full, body, (params, state, jnp.zeros((n,), bool), jnp.float32(0)))
+        carry = jax.lax.fori_loop(0, full, body, (params, state, jnp.zeros((n,), bool), jnp.zeros((), x_all.dtype)))
         if rest:  # the last, smaller batch (as a DataLoader without drop_last)
             carry = sgd_step(carry, x_all, y_all, perm[full * batch_size:], jax.random.fold_in(k_aug, full), lr)
         params, state, correct, loss_sum = carry
@@ -98,9 +103,10 @@ def init_group(model, seed: int, experts: range):
 
 
 def _flat_rows(tree) -> np.ndarray:
-    """A stacked pytree [G, ...] -> float32 [G, D] on the host."""
-    leaves = [np.asarray(x, np.float32).reshape(x.shape[0], -1) for x in jax.tree.leaves(tree)]
-    return np.concatenate(leaves, axis=1) if leaves else np.zeros((0, 0), np.float32)
+    """A stacked pytree [G, ...] -> [G, D] on the host, in the run's float (float64 under jax_enable_x64)."""
+    dtype = compute_dtype()
+    leaves = [np.asarray(x, dtype).reshape(x.shape[0], -1) for x in jax.tree.leaves(tree)]
+    return np.concatenate(leaves, axis=1) if leaves else np.zeros((0, 0), dtype)
 
 
 def _unflat_rows(rows: np.ndarray, like):
@@ -115,7 +121,7 @@ def _unflat_rows(rows: np.ndarray, like):
 
 
 def _save_progress(path: Path, params, state, forget: ForgettingState, metrics: dict) -> None:
-    """Everything needed to continue a group exactly: float32 params and state, forgetting counters,
+    """Everything needed to continue a group exactly: params and state in the run's float, forgetting counters,
     the per-epoch metrics so far (their length = epochs done). Written atomically."""
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, params=_flat_rows(params), state=_flat_rows(state), last=np.asarray(forget.last),
@@ -161,7 +167,7 @@ def train(dataset, *, num_experts: int, epochs: int, out_dir, model: str = "conv
     Experts train ``group_size`` at a time (default 8, rounded up to a multiple of the mesh size),
     vmapped; with a ``mesh`` whose size divides the group, the group is split over its 'data' axis.
     ``width=None``, ``depth=None``: :func:`jaxdd.models.network_defaults`. ``dtype``: storage of the snapshots
-    (training is float32). ``resume``: continue the experts already in ``out_dir`` (finished groups
+    (training is float32, float64 under jax_enable_x64). ``resume``: continue the experts already in ``out_dir`` (finished groups
     are kept, an unfinished one restarts after its last saved epoch); False refuses a non-empty
     store. Settings that differ from the stored ones are refused. ``on_epoch(info)`` is called after
     each saved epoch with info = dict(group, epoch, experts, loss [G], accuracy [G], correct [G, N]).
@@ -189,11 +195,11 @@ def train(dataset, *, num_experts: int, epochs: int, out_dir, model: str = "conv
         manifest = new_manifest(dataset, settings, min(int(group_size), int(num_experts)), net.num_params)
         write_json(out / MANIFEST, manifest)
 
-    x = np.asarray(dataset.x_train, np.float32)
+    x = np.asarray(dataset.x_train, compute_dtype())
     y = np.asarray(dataset.y_train, np.int32)
     x_dev, y_dev = parallel.put_dataset(mesh, x, y)
     step = epoch_fn(net, settings["batch_size"], settings["augment"])
-    lr_dev = jnp.float32(settings["lr"])
+    lr_dev = jnp.asarray(settings["lr"], compute_dtype())
     total = len(manifest["groups"]) * epochs
     done = sum(g["epochs_done"] for g in manifest["groups"])
     bar = None

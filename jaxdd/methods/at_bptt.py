@@ -61,11 +61,12 @@ class ATSettings(bptt.BPTTSettings):
 
 def own_factors(model, rank: int):
     """grad_map_at for `bptt.meta_gradient`: the window's gradient map with a rank-`rank` Hessian of the
-    inner loss at the network's own window start (Lanczos on HVPs), the factors taken as constants."""
-    def at_window_start(carry, theta, consts):
+    inner loss at the network's own window start (Lanczos on HVPs from the member's key, so members draw
+    different start vectors and a resumed run the same ones), the factors taken as constants."""
+    def at_window_start(carry, theta, consts, key):
         images, labels, _ = synthetic.assemble(theta, consts)
         loss = hessian.inner_loss(model, carry.model_state, jax.lax.stop_gradient(images), labels)
-        factors = hessian.low_rank_hessian(loss, carry.params, rank, jax.random.fold_in(jax.random.key(0), carry.t))
+        factors = hessian.low_rank_hessian(loss, carry.params, rank, key)
         return hessian.low_rank_grad_map(model, factors)
 
     return at_window_start

@@ -20,7 +20,7 @@ from jaxdd.augment import get_augment, strategy_ops
 from jaxdd.errors import require
 from jaxdd.methods.base import Curriculum, Method, MethodSpec, Presets, new_state, register
 from jaxdd.models import Model
-from jaxdd.optim import INNER_ADAM_KINDS
+from jaxdd.optim import INNER_ADAM_KINDS, with_switch
 from jaxdd.settings import CommonSettings, setting
 from jaxdd.unroll import REMAT_NAMES, run_prefix, window_vjp
 
@@ -39,7 +39,8 @@ class BPTTSettings(CommonSettings):
     population: int = setting(1, "independent inner networks per meta-step, meta-gradients averaged")
     inner_optimizer: str = setting("adam", "inner optimizer: adam | sgd | momentum")
     inner_adam: str = setting("torch", "inner Adam: torch (torch.optim.Adam's update, safe at zero second "
-                                       "moments) | higher (eps before bias correction) | optax (eps_root 1e-8)")
+                                       "moments) | higher (eps before bias correction) | optax (eps_root 1e-8) | "
+                                       "authors (torch over the prefix, higher over the window: RaT-BPTT's code)")
     inner_lr: float = setting(1e-3, "inner learning rate (also the evaluation networks' lr)")
     per_class: int = setting(0, "images per class in an inner batch (0: all IPC)")
     classes_per_step: int = setting(0, "classes in an inner batch (0: all)")
@@ -95,15 +96,19 @@ def meta_gradient(model: Model, cfg: inner.InnerConfig, theta, consts, params0, 
 
     The window (static `window`, or the masked window of traced `length` <= window) is differentiated
     by one VJP whose cotangent λ = ∇_θ L is computed in chunks over the real batch (exact; memory of
-    one chunk). grad_map_at(carry, theta, consts) -> a gradient map for the window, built from the
-    state at the window start (AT-BPTT's low-rank factors there); it replaces `grad_map` in the window.
+    one chunk). grad_map_at(carry, theta, consts, key) -> a gradient map for the window, built from the
+    state at the window start (AT-BPTT's low-rank factors there) with a key of this member's own
+    (`fold_in(key, 1)`, beside the split that draws the steps); it replaces `grad_map` in the window.
     """
     k_steps, k_real = jax.random.split(key)
     xs = jax.random.split(k_steps, cfg.total_steps)
     step = inner.make_step(model, cfg, consts, grad_map=grad_map)
-    carry = run_prefix(step, inner.init_carry(params0, model_state0, cfg), theta, xs, prefix)
+    carry = inner.init_carry(params0, model_state0, cfg)
+    carry = dataclasses.replace(carry, opt_state=with_switch(carry.opt_state, prefix))  # --inner-adam authors
+    carry = run_prefix(step, carry, theta, xs, prefix)
     if grad_map_at is not None:
-        step = inner.make_step(model, cfg, consts, grad_map=grad_map_at(carry, theta, consts))
+        grad_map = grad_map_at(carry, theta, consts, jax.random.fold_in(key, 1))
+        step = inner.make_step(model, cfg, consts, grad_map=grad_map)
     real_x = get_augment(real_augment)(real_x, k_real)
 
     def cotangent(end):
@@ -158,7 +163,7 @@ def build(ctx, schedule: truncation.Schedule, *, grad_map_fn=None, grad_map_at=N
     """The BPTT-family method over `schedule`: init / step / batch / finalize / members.
 
     grad_map_fn(state) -> a replacement inner-gradient map or None, called inside the traced step
-    (AT-BPTT's low-rank backward, whose factors live in the state); grad_map_at(carry, theta, consts):
+    (AT-BPTT's low-rank backward, whose factors live in the state); grad_map_at(carry, theta, consts, key):
     one built per member at its window start (see meta_gradient); extra_init() -> a pytree kept in
     method_state["extra"] for a method built on this one; schedule_metrics(state) -> dict adds the
     schedule's own numbers to every metrics row; block_rates(theta) -> {block: rate} sets per-block
@@ -277,7 +282,7 @@ def plateau(dataset_key: str, real_batch: int, test_freq: int) -> dict:
 TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "tiny_imagenet": 100_000}
 _CIFAR = dict(width=128, depth=3, normalize="zca", inner_lr=1e-3, outer_lr=1e-3, real_batch=5000, outer_chunk=500,
               augment="flip_rotate", real_augment="flip_rotate", init="noise", noise_scale="unit", resample="pass",
-              eval_steps=1000, eval_models=8, **plateau("cifar10", 5000, 25))
+              eval_steps=1000, eval_models=8, inner_adam="authors", **plateau("cifar10", 5000, 25))
 _TINY = dict(_CIFAR, depth=4, normalize="standardize", per_class=1, classes_per_step=50, real_batch=1000,
              outer_chunk=250, outer_lr=3e-4, learn_labels=True, **plateau("tiny_imagenet", 1000, 10))
 PUBLISHED = {

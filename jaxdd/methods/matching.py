@@ -40,13 +40,18 @@ class MatchingSettings(CommonSettings):
     lr_lr: float = setting(1e-5, "SGD rate of the learnable inner lr")
     syn_lr: float = setting(0.01, "initial value of the learnable inner lr")
     momentum: float = setting(0.5, "momentum of the outer SGD (images and lr)")
-    batch_syn: int = setting(0, "synthetic images per inner step, class-balanced (0: the whole set)")
+    batch_syn: int = setting(0, "synthetic images per inner step (0: the whole set), drawn by --syn-batches")
+    syn_batches: str = setting("chunks", "chunks: the authors' (the set shuffled once, chunks of --batch-syn taken "
+                                         "without replacement, not class-balanced) | balanced: --batch-syn // C "
+                                         "of each class, drawn afresh each step")
+    eval_by_epochs: bool = setting(False, "train evaluation networks for the mtt protocol's 1000 epochs at batch 256, "
+                                          "lr x 0.1 at epoch 500 (the authors'), not --eval-steps steps")
     augment: str = setting("dsa", "augmentation of the synthetic inner batches (per-sample DSA)")
     remat: str = setting("full", "rematerialisation of the inner step: " + " | ".join(REMAT_NAMES))
     experts: str = setting("", "folder of expert trajectories ('': train them, cached by data set and settings)")
     num_experts: int = setting(5, "experts to train when --experts is not given")
     expert_train_epochs: int = setting(15, "epochs of each expert when they are trained here")
-    expert_dtype: str = setting("float32", "storage of expert snapshots: float32 | float16 | bfloat16")
+    expert_dtype: str = setting("float32", "storage of expert snapshots: float32 | float16 | bfloat16 | float64")
     expert_augment: str = setting("dsa", "augmentation of the experts' training batches")
     expert_lr: float = setting(0.01, "SGD rate of the experts (the papers' 0.01)")
     expert_batch: int = setting(256, "minibatch of the experts (the papers' 256; smaller for small data sets)")
@@ -59,10 +64,12 @@ class MatchingSettings(CommonSettings):
                 f"--min-start-epoch {self.min_start_epoch} must be below --max-start-epoch {self.max_start_epoch}")
         require(self.syn_lr > 0 and self.lr_lr >= 0, "--syn-lr must be positive and --lr-lr non-negative")
         require(self.remat in REMAT_NAMES, f"unknown --remat '{self.remat}': use {', '.join(REMAT_NAMES)}")
-        require(self.expert_dtype in ("float32", "float16", "bfloat16"),
-                f"unknown --expert-dtype '{self.expert_dtype}': use float32, float16 or bfloat16")
+        require(self.expert_dtype in experts.DTYPES,
+                f"unknown --expert-dtype '{self.expert_dtype}': use {', '.join(experts.DTYPES)}")
         require(self.soft_labels in ("", "expert"), f"unknown --soft-labels '{self.soft_labels}': use expert or ''")
         require(self.label_temp > 0, "--label-temp must be positive")
+        require(self.syn_batches in ("chunks", "balanced"),
+                f"unknown --syn-batches '{self.syn_batches}': use chunks or balanced")
         return self
 
 
@@ -83,6 +90,8 @@ def match(model, cfg: inner.InnerConfig, theta, consts, start_flat, target_flat,
     """(loss, end parameters) of N = cfg.total_steps inner SGD steps from the expert's start point."""
     dtype = jax.dtypes.canonicalize_dtype(jnp.float64)  # float32, or float64 under x64
     start_flat, target_flat = start_flat.astype(dtype), target_flat.astype(dtype)
+    if cfg.chunk is not None:  # the authors' sampler: one shuffle of the set per outer step
+        consts = dict(consts, chunk_key=jax.random.fold_in(key, 1))
     step = inner.make_step(model, cfg, consts)
     params0 = unravel(start_flat)
     carry = inner.init_carry(params0, model_state0, cfg)
@@ -103,14 +112,17 @@ def start_bound(settings: MatchingSettings, n, total_steps: int) -> int:
 def build(ctx) -> Method:
     s, model = ctx.settings, ctx.model
     store = experts.for_run(ctx)
-    require(s.max_start_epoch + s.expert_epochs <= store.num_epochs,
-            f"--max-start-epoch {s.max_start_epoch} + --expert-epochs {s.expert_epochs} exceeds the experts' "
+    # start epochs t < T+ and the target t + M <= E: T+ - 1 + M <= E (the authors run T+ 4, M 2 on 5-epoch experts)
+    require(s.max_start_epoch - 1 + s.expert_epochs <= store.num_epochs,
+            f"--max-start-epoch {s.max_start_epoch} - 1 + --expert-epochs {s.expert_epochs} exceeds the experts' "
             f"{store.num_epochs} epochs: lower them or train longer experts")
     params_like, state_like = model.init(jax.random.key(0))  # the state's values start every student
     _, unravel = ravel_pytree(params_like)
-    per_class = max(1, s.batch_syn // ctx.num_classes) if s.batch_syn else None
+    balanced = s.batch_syn and s.syn_batches == "balanced"
+    per_class = max(1, s.batch_syn // ctx.num_classes) if balanced else None
+    chunk = s.batch_syn if s.batch_syn and not balanced and s.batch_syn < ctx.ipc * ctx.num_classes else None
     cfg = inner.InnerConfig(optimizer="sgd", lr=s.syn_lr, ipc=ctx.ipc, num_classes=ctx.num_classes,
-                            per_class=min(per_class, ctx.ipc) if per_class else None, augment=s.augment,
+                            per_class=min(per_class, ctx.ipc) if per_class else None, chunk=chunk, augment=s.augment,
                             total_steps=s.syn_steps)
 
     def optimizer(theta):
@@ -118,7 +130,7 @@ def build(ctx) -> Method:
                                      kind="sgd", momentum=s.momentum)
 
     def init(key, theta, consts):
-        theta = dict(theta, lr=jnp.asarray(s.syn_lr, jnp.float32))
+        theta = dict(theta, lr=jnp.asarray(s.syn_lr, jax.dtypes.canonicalize_dtype(jnp.float64)))
         if s.soft_labels == "expert":  # resumed runs restore their labels from the checkpoint over these
             expert = unravel(jnp.asarray(store.snapshot(0, store.num_epochs)))
             soft = expert_soft_labels(model, expert, state_like, synthetic.images(theta, consts), s.label_temp)
@@ -158,12 +170,17 @@ def build(ctx) -> Method:
 
 def evaluation(s: MatchingSettings) -> dict:
     """The MTT protocol (SGD momentum 0.9, wd 5e-4, the learned lr, lr x 0.1 at half) at the run's budget."""
-    return dict(protocol="mtt", model=s.model, width=s.width, depth=s.depth or None, norm=s.norm,
-                steps=s.eval_steps, num_models=s.eval_models, augment="none" if s.augment == "none" else "dsa",
-                use_learned_lr=True)
+    kwargs = dict(protocol="mtt", model=s.model, width=s.width, depth=s.depth or None, norm=s.norm,
+                  steps=s.eval_steps, num_models=s.eval_models, augment="none" if s.augment == "none" else "dsa",
+                  use_learned_lr=True)
+    if s.eval_by_epochs:  # the protocol's own epochs: 1000 · ⌈N / 256⌉ steps
+        del kwargs["steps"]
+    return kwargs
 
 
 # Published MTT rows (the paper's Table, CIFAR): (dataset, ipc) -> (N, M, T+, zca, lr_img, lr_lr).
+# batch_syn where the authors set it (CIFAR-100 IPC 50: 125 per inner step; docs/methods/matching.md).
+_BATCH_SYN = {("cifar100", 50): 125}
 _MTT_ROWS = {
     ("cifar10", 1): (50, 2, 2, True, 1e3, 1e-7),
     ("cifar10", 10): (30, 2, 20, True, 1e3, 1e-5),
@@ -172,14 +189,14 @@ _MTT_ROWS = {
     ("cifar100", 10): (20, 2, 20, False, 1e3, 1e-5),
     ("cifar100", 50): (80, 2, 40, True, 1e3, 1e-5),
 }
-PUBLISHED = {key: dict(syn_steps=n, expert_epochs=m, max_start_epoch=t_max, normalize="zca-mtt" if zca else "standardize",
+PUBLISHED = {key: dict(syn_steps=n, expert_epochs=m, max_start_epoch=t_max, normalize="zca-mtt" if zca else "standardize-cifar",
                        outer_lr=lr_img, lr_lr=lr_lr, syn_lr=0.01, width=128, depth=3, num_experts=100,
-                       expert_train_epochs=50, expert_dtype="float16", init="real", eval_steps=5000, eval_models=5,
-                       val_fraction=0.0)
+                       expert_train_epochs=50, expert_dtype="float16", init="real", eval_by_epochs=True,
+                       eval_models=5, val_fraction=0.0, batch_syn=_BATCH_SYN.get(key, 0))
              for key, (n, m, t_max, zca, lr_img, lr_lr) in _MTT_ROWS.items()}
 # CPU sizes: a handful of short experts (the reasons: docs/methods/matching.md, "Presets").
 CPU = {
-    "digits": dict(syn_steps=20, expert_epochs=2, max_start_epoch=4, outer_lr=30.0, lr_lr=1e-5, syn_lr=0.1,
+    "digits": dict(syn_steps=40, expert_epochs=2, max_start_epoch=4, outer_lr=30.0, lr_lr=1e-5, syn_lr=0.05,
                    num_experts=5, expert_train_epochs=15, augment="none", expert_augment="none", init="real",
                    expert_batch=32, expert_lr=0.05),
     "images32": dict(syn_steps=20, expert_epochs=2, max_start_epoch=8, outer_lr=100.0, lr_lr=1e-5, syn_lr=0.01,
