@@ -14,12 +14,13 @@ import shutil
 import signal
 import threading
 import time
+import weakref
 from typing import Any
 
 import jax
 import numpy as np
 
-from jaxdd import checkpoint, compile_cache, data, methods, parallel, presets, rundir, synthetic
+from jaxdd import checkpoint, compile_cache, data, lock, methods, parallel, presets, rundir, synthetic
 from jaxdd.errors import Interrupted, require, signal_name, warn
 from jaxdd.evaluation import evaluate
 from jaxdd.initial import initial_set
@@ -125,6 +126,8 @@ def prepare(dataset="digits", method: str = "rat-bptt", ipc: int = 1, steps: int
 
 
 def _check_run_folder(out: str, resume: bool, overwrite: bool) -> None:
+    if jax.process_index() == 0:  # one lock per run, however many processes share it
+        lock.hold(out, f"--out {out}")
     done = checkpoint.latest_step_in(rundir.path(out, rundir.CHECKPOINTS))
     if resume:
         require(done is not None or not rundir.holds_results(out),
@@ -140,8 +143,10 @@ def _check_run_folder(out: str, resume: bool, overwrite: bool) -> None:
 
 
 def _open_run_folder(run: Run, resume: bool) -> None:
-    """Create the folder and the checkpoint manager; on resume, check settings and restore the state."""
+    """Create the folder and the checkpoint manager; on resume, check settings and restore the state. The
+    folder's lock (taken by `_check_run_folder`) goes when the run does."""
     rundir.make(run.out)
+    weakref.finalize(run, lock.release, run.out)
     if not resume and run.primary:
         shutil.rmtree(rundir.path(run.out, rundir.CHECKPOINTS), ignore_errors=True)
         for name in rundir.RESULTS:
