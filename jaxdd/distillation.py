@@ -126,8 +126,7 @@ def prepare(dataset="digits", method: str = "rat-bptt", ipc: int = 1, steps: int
 
 
 def _check_run_folder(out: str, resume: bool, overwrite: bool) -> None:
-    if jax.process_index() == 0:  # one lock per run, however many processes share it
-        lock.hold(out, f"--out {out}")
+    lock.check(out, f"--out {out}")  # another process on this folder: refused before any work
     done = checkpoint.latest_step_in(rundir.path(out, rundir.CHECKPOINTS))
     if resume:
         require(done is not None or not rundir.holds_results(out),
@@ -144,9 +143,11 @@ def _check_run_folder(out: str, resume: bool, overwrite: bool) -> None:
 
 def _open_run_folder(run: Run, resume: bool) -> None:
     """Create the folder and the checkpoint manager; on resume, check settings and restore the state. The
-    folder's lock (taken by `_check_run_folder`) goes when the run does."""
+    folder is locked (jaxdd/lock.py) until the run object goes."""
     rundir.make(run.out)
-    weakref.finalize(run, lock.release, run.out)
+    if run.primary:  # one lock per run, however many processes share it
+        lock.hold(run.out, f"--out {run.out}")
+        weakref.finalize(run, lock.release, run.out)
     if not resume and run.primary:
         shutil.rmtree(rundir.path(run.out, rundir.CHECKPOINTS), ignore_errors=True)
         for name in rundir.RESULTS:
@@ -166,6 +167,10 @@ def _open_run_folder(run: Run, resume: bool) -> None:
         done, run.state, run.mgr = checkpoint.restore_latest(
             run.mgr, lambda step: grow(fresh, step - 1) if grow is not None and step else fresh)
         run.rows = rundir.read_metrics(run.out, done)
+        lost = rundir.lost_steps(run.rows, done)
+        if lost:
+            warn(f"{rundir.path(run.out, rundir.METRICS)} had no rows for step(s) {lost} (damaged or deleted); the "
+                 f"checkpoint at step {done} holds the state but not those rows: they stay missing")
     if run.primary:
         rundir.write_metrics(run.out, run.rows)  # rows past the checkpoint are recomputed
         rundir.write_settings(run.out, run.record)

@@ -54,6 +54,25 @@ def hold(folder, what: str, *, hint: str = "wait for it to finish or stop it") -
     _held[key] = (fd, made)
 
 
+def check(folder, what: str, *, hint: str = "wait for it to finish or stop it") -> None:
+    """Refuse (one line naming the holder) when another process holds `folder`'s lock; creates nothing, so
+    a command can say so before any work and take the lock (`hold`) once every check has passed."""
+    file = os.path.join(folder, LOCK)
+    if os.path.realpath(folder) in _held or not os.path.isfile(file):
+        return
+    try:
+        fd = os.open(file, os.O_RDONLY)
+    except OSError:
+        return  # unreadable: `hold` says why
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        raise JaxddError(f"{what} is in use by another jaxdd process ({_read(fd) or 'pid unknown'}): {hint}, or "
+                         f"choose another folder") from None
+    finally:
+        os.close(fd)
+
+
 def release(folder) -> None:
     """Give up this process's lock on `folder` (if it holds one). The lock file stays, emptied (removing
     it could let two later processes lock two different files); a folder `hold` made that holds nothing

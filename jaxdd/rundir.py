@@ -90,6 +90,19 @@ def read_metrics(out: str, upto: int) -> list[dict]:
     return [r for r in rows if r.get("step", 0) <= upto]
 
 
+def lost_steps(rows: list[dict], upto: int) -> str:
+    """The steps 1..upto without a metrics row, as ranges ('3, 7-9'; '' when none is missing): a checkpoint
+    holds the state, not the rows, so what a damaged metrics.jsonl lost can only be reported."""
+    missing = sorted(set(range(1, upto + 1)) - {r.get("step") for r in rows})
+    spans = []
+    for n in missing:
+        if spans and spans[-1][1] == n - 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
 def write_metrics(out: str, rows: list[dict]) -> None:
     _atomic_write(path(out, METRICS), "".join(json.dumps(r) + "\n" for r in rows))
 
