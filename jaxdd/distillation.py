@@ -129,6 +129,8 @@ def _check_run_folder(out: str, resume: bool, overwrite: bool) -> None:
     lock.check(out, f"--out {out}")  # another process on this folder: refused before any work
     done = checkpoint.latest_step_in(rundir.path(out, rundir.CHECKPOINTS))
     if resume:
+        if done is None and set(rundir.holds_results(out)) <= {rundir.METRICS, rundir.SETTINGS}:
+            return  # a run stopped before its first checkpoint (a kill, a full disk): it starts again
         require(done is not None or not rundir.holds_results(out),
                 f"--resume: {out} holds results ({', '.join(rundir.holds_results(out))}) but no checkpoint to "
                 f"continue from: choose another --out, or pass --overwrite without --resume to start again")
