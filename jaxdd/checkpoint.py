@@ -9,6 +9,7 @@ says so in one line.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -41,8 +42,45 @@ def save(mgr: ocp.CheckpointManager, step: int, state) -> None:
     """Write `state` at `step` and wait for it (a run may be interrupted right after)."""
     if step in mgr.all_steps():
         return
-    mgr.save(int(step), args=ocp.args.StandardSave(state), force=True)
-    mgr.wait_until_finished()
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.CRITICAL)  # a failed write is one jaxdd line, not Orbax's threads' tracebacks
+    try:
+        mgr.save(int(step), args=ocp.args.StandardSave(state), force=True)
+        mgr.wait_until_finished()
+    except Exception as err:  # noqa: BLE001 - Orbax / TensorStore raise many types for one failed write
+        directory = os.fspath(mgr.directory)
+        try:
+            mgr.close()  # its threads stop writing before their folder goes
+        except Exception:  # noqa: BLE001 - the same failure again
+            pass
+        _remove_unfinished(directory)
+        kept = [s for s in mgr.all_steps() if s != step]
+        raise JaxddError(f"cannot write the checkpoint of step {step} in {directory} ({_reason(err)}){full(err)}: "
+                         f"{'the checkpoint of step ' + str(max(kept)) + ' is kept; ' if kept else ''}free space and "
+                         f"run the same command with --resume") from None
+    finally:
+        absl.setLevel(level)
+
+
+FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # no space, over quota, over a file-size limit
+
+
+def full(err: BaseException) -> str:
+    """'; the disk or quota is full' when `err` (or what caused it) is a full disk, quota or file-size limit."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in FULL or any(
+                text in str(err) for text in ("No space left", "Disk quota", "File too large")):
+            return "; the disk or quota is full"
+        err = err.__cause__ or err.__context__
+    return ""
+
+
+def _remove_unfinished(directory: str) -> None:
+    if os.path.isdir(directory) and jax.process_index() == 0:
+        for name in os.listdir(directory):
+            if UNFINISHED in name:
+                shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
 
 
 def restore_latest(mgr: ocp.CheckpointManager, like):

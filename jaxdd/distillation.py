@@ -14,12 +14,13 @@ import shutil
 import signal
 import threading
 import time
+import weakref
 from typing import Any
 
 import jax
 import numpy as np
 
-from jaxdd import (baseline, checkpoint, compile_cache, data, methods, parallel, presets, rundir, stopping,
+from jaxdd import (baseline, checkpoint, compile_cache, data, lock, methods, parallel, presets, rundir, stopping,
                    synthetic, tracking)
 from jaxdd.errors import Interrupted, require, signal_name, warn
 from jaxdd.evaluation import evaluate
@@ -133,8 +134,11 @@ def prepare(dataset="digits", method: str = "rat-bptt", ipc: int = 1, steps: int
 
 
 def _check_run_folder(out: str, resume: bool, overwrite: bool) -> None:
+    lock.check(out, f"--out {out}")  # another process on this folder: refused before any work
     done = checkpoint.latest_step_in(rundir.path(out, rundir.CHECKPOINTS))
     if resume:
+        if done is None and set(rundir.holds_results(out)) <= {rundir.METRICS, rundir.SETTINGS}:
+            return  # a run stopped before its first checkpoint (a kill, a full disk): it starts again
         require(done is not None or not rundir.holds_results(out),
                 f"--resume: {out} holds results ({', '.join(rundir.holds_results(out))}) but no checkpoint to "
                 f"continue from: choose another --out, or pass --overwrite without --resume to start again")
@@ -148,8 +152,12 @@ def _check_run_folder(out: str, resume: bool, overwrite: bool) -> None:
 
 
 def _open_run_folder(run: Run, resume: bool) -> None:
-    """Create the folder and the checkpoint manager; on resume, check settings and restore the state."""
+    """Create the folder and the checkpoint manager; on resume, check settings and restore the state. The
+    folder is locked (jaxdd/lock.py) until the run object goes."""
     rundir.make(run.out)
+    if run.primary:  # one lock per run, however many processes share it
+        lock.hold(run.out, f"--out {run.out}")
+        weakref.finalize(run, lock.release, run.out)
     if not resume and run.primary:
         shutil.rmtree(rundir.path(run.out, rundir.CHECKPOINTS), ignore_errors=True)
         for name in rundir.RESULTS:
@@ -170,6 +178,10 @@ def _open_run_folder(run: Run, resume: bool) -> None:
         done, run.state, run.mgr = checkpoint.restore_latest(
             run.mgr, lambda step: grow(fresh, step - 1) if grow is not None and step else fresh)
         run.rows = rundir.read_metrics(run.out, done)
+        lost = rundir.lost_steps(run.rows, done)
+        if lost:
+            warn(f"{rundir.path(run.out, rundir.METRICS)} had no rows for step(s) {lost} (damaged or deleted); the "
+                 f"checkpoint at step {done} holds the state but not those rows: they stay missing")
     if run.primary:
         rundir.write_metrics(run.out, run.rows)  # rows past the checkpoint are recomputed
         rundir.write_settings(run.out, run.record)

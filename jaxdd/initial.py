@@ -11,8 +11,8 @@ import jax
 import numpy as np
 
 from jaxdd import rundir
-from jaxdd.errors import require
-from jaxdd.evaluation import random_real
+from jaxdd.errors import JaxddError, require
+from jaxdd.evaluation import check_set, random_real
 
 
 def real(dataset, ipc: int, key, noise_scale: str = "real"):
@@ -39,6 +39,14 @@ def from_file(path: str, dataset, ipc: int):
     """The first `ipc` images per class of a distilled.npz (class-major), checked against `dataset`."""
     saved = rundir.load_distilled(path)
     images, labels = np.asarray(saved["images"], np.float32), np.asarray(saved["labels"])
+    made_on = (saved["settings"] or {}).get("dataset", "another data set")
+    require(saved["class_names"] is None or saved["class_names"] == [str(n) for n in dataset.class_names],
+            f"--init {path}: the set was made on {made_on}, whose classes ({', '.join(saved['class_names'][:3])}, ...) "
+            f"are not this data set's: start from a set made on this data set")
+    try:  # the checks `jaxdd evaluate` applies to a set (finite images, labels of this data set)
+        check_set(images, labels, dataset)
+    except JaxddError as err:
+        raise JaxddError(f"--init {path}: {err}") from None
     hard = labels.argmax(-1) if labels.ndim == 2 else labels
     require(images.shape[1:] == tuple(dataset.image_shape),
             f"--init {path}: images of shape {images.shape[1:]} do not fit the data set's {tuple(dataset.image_shape)}")

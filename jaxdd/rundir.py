@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import zipfile
@@ -31,7 +32,7 @@ def path(out: str, name: str) -> str:
     return os.path.join(out, name)
 
 
-def check_writable(out: str) -> None:
+def check_writable(out: str, flag: str = "--out") -> None:
     """One-line errors for an --out that cannot be a run folder (a file, under a file, not writable);
     writability is tried by creating and removing a temporary folder in the nearest existing one."""
     import tempfile
@@ -39,12 +40,21 @@ def check_writable(out: str) -> None:
     probe = os.path.abspath(out)
     while probe and not os.path.exists(probe):
         probe = os.path.dirname(probe)
-    require(os.path.isdir(probe), f"--out {out}: {probe} is a file, not a folder: choose another --out")
+    require(os.path.isdir(probe), f"{flag} {out}: {probe} is a file, not a folder: choose another {flag}")
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".jaxdd-probe-", dir=probe))
     except OSError as err:
-        raise JaxddError(f"--out {out}: cannot write in {probe} ({err.strerror or type(err).__name__}): choose "
-                         f"another --out") from None
+        raise JaxddError(f"{flag} {out}: cannot write in {probe} ({err.strerror or type(err).__name__}): choose "
+                         f"another {flag}") from None
+
+
+def check_output_file(file: str, overwrite: bool, flag: str = "--out") -> None:
+    """One-line errors, before any work, for an output file that cannot be written (a folder, under a file,
+    not writable) or that exists already without `overwrite` (a command replaces only what it is told to)."""
+    require(not os.path.isdir(file), f"{flag} {file} is a folder: give a file name, e.g. {os.path.join(file, 'out.npz')}")
+    require(overwrite or not os.path.lexists(file), f"{flag} {file} already exists: pass --overwrite to replace it, "
+                                                    f"or choose another file")
+    check_writable(os.path.dirname(os.path.abspath(file)), flag)
 
 
 def make(out: str) -> None:
@@ -91,23 +101,54 @@ def read_metrics(out: str, upto: int) -> list[dict]:
     return [r for r in rows if r.get("step", 0) <= upto]
 
 
+def lost_steps(rows: list[dict], upto: int) -> str:
+    """The steps 1..upto without a metrics row, as ranges ('3, 7-9'; '' when none is missing): a checkpoint
+    holds the state, not the rows, so what a damaged metrics.jsonl lost can only be reported."""
+    missing = sorted(set(range(1, upto + 1)) - {r.get("step") for r in rows})
+    spans = []
+    for n in missing:
+        if spans and spans[-1][1] == n - 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
 def write_metrics(out: str, rows: list[dict]) -> None:
     _atomic_write(path(out, METRICS), "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def append_metrics(out: str, row: dict) -> None:
-    with open(path(out, METRICS), "a") as f:
+    with _naming(path(out, METRICS)), open(path(out, METRICS), "a") as f:
         f.write(json.dumps(row) + "\n")
+
+
+@contextlib.contextmanager
+def _naming(file: str):
+    """An OSError while writing `file` names it (a full disk says which file it was writing)."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename:
+            raise
+        raise OSError(err.errno, err.strerror or str(err), file) from None
 
 
 def write_distilled(out: str, arrays: dict, record: dict, class_names, preprocessing=None) -> None:
     """DIR/distilled.npz (arrays + the record as JSON + class names) and DIR/grid.png."""
     payload = dict(arrays, settings=json.dumps(record), class_names=np.asarray(class_names))
     tmp = path(out, DISTILLED + ".tmp.npz")
-    np.savez(tmp, **payload)
+    try:
+        with _naming(path(out, DISTILLED)):
+            np.savez(tmp, **payload)
+    except OSError:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
     os.replace(tmp, path(out, DISTILLED))
-    image_grid(arrays["images"], arrays["labels"], class_names, path(out, GRID), preprocessing=preprocessing,
-               title=f"{record.get('method')} IPC {record.get('ipc')} on {record.get('dataset')}")
+    with _naming(path(out, GRID)):
+        image_grid(arrays["images"], arrays["labels"], class_names, path(out, GRID), preprocessing=preprocessing,
+                   title=f"{record.get('method')} IPC {record.get('ipc')} on {record.get('dataset')}")
 
 
 def write_best(out: str, step: int, value: float, arrays: dict) -> None:
@@ -142,7 +183,8 @@ def recorded_scores(out: str, images) -> dict:
 
 def write_curves(out: str, rows: list[dict], keys=CURVE_KEYS) -> None:
     """DIR/curves.png from the metrics rows."""
-    learning_curve(rows, path(out, CURVES), keys=keys)
+    with _naming(path(out, CURVES)):
+        learning_curve(rows, path(out, CURVES), keys=keys)
 
 
 def write_report(out: str, report: dict) -> None:
@@ -169,7 +211,7 @@ def read_npz(file, required, *, give: str, save: str) -> dict:
 
 def load_distilled(file: str) -> dict:
     """Read a distilled.npz: {'images', 'labels', 'lr' (float or None), 'settings' (dict or None),
-    'row_block' (or None), 'path'}; a run folder is accepted for its distilled.npz."""
+    'row_block' (or None), 'path', 'class_names' (or None)}; a run folder is accepted for its distilled.npz."""
     if not os.path.exists(file):
         raise JaxddError(f"no such file: {file}: give the distilled.npz written by 'jaxdd distill'")
     if os.path.isdir(file):
@@ -191,12 +233,14 @@ def load_distilled(file: str) -> dict:
             settings = json.loads(str(arrays["settings"]))
         except json.JSONDecodeError:
             raise JaxddError(f"{file}: 'settings' is not valid JSON: save json.dumps(settings) as a string") from None
+    names = arrays.get("class_names")
     return {"images": arrays["images"], "labels": arrays["labels"], "lr": lr, "settings": settings,
-            "row_block": arrays.get("row_block"), "path": file}
+            "row_block": arrays.get("row_block"), "path": file,
+            "class_names": None if names is None else [str(n) for n in np.asarray(names).ravel()]}
 
 
 def _atomic_write(file: str, text: str) -> None:
     tmp = file + ".tmp"
-    with open(tmp, "w") as f:
+    with _naming(file), open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, file)

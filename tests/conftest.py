@@ -1,12 +1,43 @@
 """Test configuration: 8 fake CPU devices (set before jax is imported) and shared fixtures."""
 
 import os
+import subprocess
+import sys
 
+# 8 simulated devices. XLA's CPU collectives abort the process when a device's thread misses a rendezvous
+# for 40 s; under load that can be a real deadlock (two collectives waiting on each other, seen once in
+# issue 29's logs), so the timeout is left as it is and every multi-device test runs isolated (below).
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+
+CHILD = "JAXDD_TEST_CHILD"  # set in the fresh process that runs one isolated test
+ISOLATED_TIMEOUT = 600
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "isolated: run in a fresh Python process, so that an abort of XLA's runtime "
+                                       "(several simulated devices) fails this test with its message, not the run")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem):
+    """A test marked `isolated` runs as `python -m pytest NODEID` in a fresh process (the compilation cache
+    is shared); an abort, a crash or a hang fails it with the end of that process's output."""
+    if pyfuncitem.get_closest_marker("isolated") is None or os.environ.get(CHILD):
+        return None
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", pyfuncitem.nodeid]
+    try:
+        proc = subprocess.run(cmd, cwd=pyfuncitem.config.rootpath, env={**os.environ, CHILD: "1"}, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=ISOLATED_TIMEOUT)
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"no result after {ISOLATED_TIMEOUT} s (a hang):\n{(err.output or '')[-4000:]}", pytrace=False)
+    if proc.returncode != 0:
+        how = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit status {proc.returncode}"
+        pytest.fail(f"the test's own process failed ({how}):\n{proc.stdout[-6000:]}", pytrace=False)
+    return True
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,9 @@
 """Sharding over 8 fake CPU devices: same numbers as one device, arrays really split, checkpoints portable."""
 
+import os
+import subprocess
+import sys
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -11,6 +15,10 @@ from jaxdd import distillation, evaluation, outer, parallel
 from jaxdd.errors import JaxddError
 from jaxdd.methods import bptt
 from jaxdd.models import make_model
+
+# every test on several devices runs in a process of its own (tests/conftest.py): an abort of XLA's CPU runtime
+# fails that test with its message instead of ending the whole run
+pytestmark = pytest.mark.isolated
 
 
 @pytest.fixture
@@ -149,3 +157,13 @@ def test_bad_device_settings(digits, tiny):
     with pytest.raises(JaxddError, match="multiple of --devices 8"):
         distillation.distill(digits, "rat-bptt", ipc=1, steps=1, progress=False, final_eval=False,
                              mesh=parallel.make_mesh(8), **{**tiny, "real_batch": 60, "population": 2})
+
+
+def test_an_abort_fails_one_test_not_the_run():
+    """An isolated test whose process aborts (as XLA's runtime does) fails alone; the next test still runs."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "tests/isolated_abort_case.py"], cwd=root, text=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, env={k: v for k, v in os.environ.items() if k != "JAXDD_TEST_CHILD"})
+    assert proc.stdout.startswith("F."), proc.stdout[-2000:]  # the aborting test failed, the next one passed
+    assert "killed by signal 6" in proc.stdout

@@ -19,6 +19,7 @@ import warnings
 from typing import Sequence
 
 from jaxdd import compile_cache, xla_options
+from jaxdd.checkpoint import FULL
 from jaxdd.cli import distill, evaluate, experts, export, scores
 from jaxdd.cli.args import EXIT_USAGE, Parser, fold_hf_columns
 from jaxdd.errors import Interrupted, JaxddError, JaxddWarning, signal_name
@@ -69,7 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except OSError as err:  # a missing, unreadable or unwritable file, a full disk
         where = f": {err.filename}" if err.filename else ""
-        print(f"jaxdd: error: {err.strerror or ' '.join(str(err).split()) or type(err).__name__}{where}",
+        full = "; the disk or quota is full: free space (a run continues with --resume)" if err.errno in FULL else ""
+        print(f"jaxdd: error: {err.strerror or ' '.join(str(err).split()) or type(err).__name__}{where}{full}",
               file=sys.stderr)
         return EXIT_USAGE
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from jaxdd import data
+from jaxdd import data, rundir
 from jaxdd import scores as scores_lib
 from jaxdd.cli.args import add_data_arguments, positive_float, positive_int
 from jaxdd.errors import require
@@ -32,6 +32,7 @@ def add_parser(subparsers):
     g.add_argument("--from", dest="source", default=None, metavar="PATH",
                    help="forgetting: the experts folder (or its forgetting.npz); cscore: the C-score npz")
     g.add_argument("--out", required=True, metavar="FILE", help="where to write the scores (.npz)")
+    g.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     g.add_argument("--models", type=positive_int, default=4, metavar="K", help="el2n: networks averaged (default 4)")
     g.add_argument("--epochs", type=positive_int, default=20, metavar="E", help="el2n: training epochs (default 20)")
     g.add_argument("--batch-size", type=positive_int, default=256, metavar="N", help="el2n: minibatch (default 256)")
@@ -47,6 +48,8 @@ def run(args) -> int:
     """``jaxdd scores``: compute or convert difficulty scores and write them to --out."""
     require(args.kind == "el2n" or args.source, f"--kind {args.kind} needs --from PATH")
     require(args.kind != "el2n" or not args.source, "--kind el2n computes the scores: drop --from")
+    require(args.out.endswith(".npz"), f"--out {args.out}: give a file name ending in .npz")
+    rundir.check_output_file(args.out, args.overwrite)
     dataset = data.load(args.dataset, normalize=args.normalize or "standardize", cache_dir=args.cache_dir)
     if args.kind == "el2n":
         scores = scores_lib.el2n_scores(dataset, num_models=args.models, epochs=args.epochs, width=args.width,

@@ -117,6 +117,10 @@ class ExpertStore:
                               f"('jaxdd experts ... --out {self.path} --resume')")
         self.num_experts = sum(g["count"] for g in self._groups)
         self._arrays: dict[int, np.ndarray] = {}
+        for g in self._groups:
+            why = damage(self.path, manifest, g)
+            require(not why, f"{self.path / g['file']} {why}: the experts cannot be used; delete {self.path} and "
+                             f"train them again ('jaxdd experts ...' or a run without --experts)")
         if dataset is not None:
             check_fingerprint(manifest, dataset, self.path)
 
@@ -192,6 +196,50 @@ class ExpertStore:
     def forgetting(self):
         """(scores, labels) from ``forgetting.npz`` (all groups must be complete)."""
         return scores_lib.read_score_file(self.path / scores_lib.FORGETTING_FILE)
+
+
+def check_folder(out) -> None:
+    """One-line errors, before any work, for an experts --out that is a file or holds a distillation run."""
+    out = Path(out)
+    require(not out.is_file(), f"--out {out} is a file, not a folder: choose another --out for the experts")
+    require(not any((out / name).exists() for name in ("settings.json", "distilled.npz", "checkpoints")),
+            f"--out {out} holds a distillation run: choose another --out for the experts")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def seal(out_dir: Path, group: dict) -> None:
+    """Record a finished group's file size and SHA-256 in its manifest entry (checked by `damage`)."""
+    path = Path(out_dir) / group["file"]
+    group.update(bytes=path.stat().st_size, sha256=file_sha256(path))
+
+
+def damage(out_dir: Path, manifest: dict, group: dict) -> str:
+    """Why a finished group's snapshots cannot be used ('' when they can): missing, truncated, another
+    size or content than the manifest records, the wrong shape, or NaN / Inf (a diverged or damaged expert)."""
+    path = Path(out_dir) / group["file"]
+    if not path.is_file():
+        return "is missing"
+    if "bytes" in group and path.stat().st_size != group["bytes"]:
+        return f"has {path.stat().st_size} bytes, the manifest records {group['bytes']} (truncated or replaced)"
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as err:
+        return f"cannot be read ({type(err).__name__}: {' '.join(str(err).split())[:80]})"
+    shape = (group["count"], int(manifest["settings"]["epochs"]) + 1, int(manifest["num_params"]))
+    if array.shape != shape:
+        return f"has shape {array.shape}, expected {shape}"
+    if "sha256" in group and file_sha256(path) != group["sha256"]:
+        return "does not hold what the manifest records (its SHA-256 differs)"
+    if not all(np.isfinite(from_storage(array[e], manifest["dtype"])).all() for e in range(shape[0])):
+        return "holds NaN or Inf"
+    return ""
 
 
 def check_fingerprint(manifest: dict, dataset, where) -> None:

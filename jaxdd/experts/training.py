@@ -27,9 +27,11 @@ from jaxdd import forgetting
 from jaxdd import models as models_lib
 from jaxdd import parallel, xla_options
 from jaxdd import scores as scores_lib
-from jaxdd.errors import require, require_count
-from jaxdd.experts.store import (DTYPES, MANIFEST, ExpertStore, check_fingerprint, default_expert_dir, fingerprint,
-                                 network, new_manifest, read_manifest, storage_dtype, to_storage, write_json)
+from jaxdd import lock
+from jaxdd.errors import require, require_count, warn
+from jaxdd.experts.store import (DTYPES, MANIFEST, ExpertStore, check_fingerprint, check_folder, damage, default_expert_dir,
+                                 fingerprint, network, new_manifest, read_manifest, seal, storage_dtype, to_storage,
+                                 write_json)
 from jaxdd.forgetting import ForgettingState
 
 DEFAULT_GROUP_SIZE = 8
@@ -176,11 +178,13 @@ def train(dataset, *, num_experts: int, epochs: int, out_dir, model: str = "conv
                                 depth=depth, norm=norm, lr=lr, batch_size=batch_size, augment=augment, seed=seed,
                                 dtype=dtype)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_folder(out)
+    lock.hold(out, f"the experts in {out}", hint="wait for it to finish training them")
     net = network(fingerprint(dataset), settings)
     manifest = read_manifest(out)
     if manifest is not None:
         require(resume, f"{out} already holds experts: resume them (--resume / resume=True) or use another folder")
+        _reopen_damaged(out, manifest)
         check_fingerprint(manifest, dataset, out)
         diff = [f"{k}: {manifest['settings'].get(k)!r} there, {v!r} here" for k, v in settings.items()
                 if manifest["settings"].get(k) != v]
@@ -218,6 +222,20 @@ def train(dataset, *, num_experts: int, epochs: int, out_dir, model: str = "conv
             bar.close()
     _write_forgetting(out, manifest, y)
     return ExpertStore(out, dataset)
+
+
+def _reopen_damaged(out: Path, manifest: dict) -> None:
+    """Finished groups whose snapshots are damaged (`store.damage`) are trained again, with one warning."""
+    for group in manifest["groups"]:
+        why = group["complete"] and damage(out, manifest, group)
+        if why:
+            warn(f"{out / group['file']} {why}: training those {group['count']} experts again")
+            (out / group["file"]).unlink(missing_ok=True)
+            _progress_file(out, group).unlink(missing_ok=True)
+            group.update(complete=False, epochs_done=0, metrics={"loss": [], "accuracy": []})
+            for key in ("bytes", "sha256"):
+                group.pop(key, None)
+            write_json(out / MANIFEST, manifest)
 
 
 def _progress_file(out: Path, group: dict) -> Path:
@@ -268,6 +286,7 @@ def _train_group(out, manifest, gi, net, step, x_dev, y_dev, lr_dev, mesh, bar, 
     del snapshots
     counts = jax.vmap(forgetting.finalize, in_axes=(0, None))(forget, epochs)
     np.save(out / group["file"].replace(".npy", ".forgetting.npy"), np.asarray(counts, np.int32))
+    seal(out, group)
     group["complete"] = True
     write_json(out / MANIFEST, manifest)
     progress_file.unlink()
@@ -297,11 +316,15 @@ def for_run(ctx) -> ExpertStore:
     or unfinished: one command end to end for a newcomer."""
     s = ctx.settings
     if getattr(s, "experts", ""):
+        require(os.path.isdir(s.experts), f"--experts {s.experts} is not a folder of experts: give the folder "
+                                          f"'jaxdd experts --out DIR' wrote, or leave --experts out to train them")
         store = ExpertStore(s.experts, ctx.dataset)
         require(store.num_params == ctx.model.num_params,
                 f"the experts in {s.experts} have {store.num_params} parameters but the run's network has "
                 f"{ctx.model.num_params}: use the experts' --width/--depth/--norm or other experts")
         return store
+    for name, flag in (("expert_train_epochs", "--expert-train-epochs"), ("expert_batch", "--expert-batch")):
+        require_count(name, getattr(s, name), flag)
     return ensure(ctx.dataset, cache_dir=ctx.cache_dir, mesh=ctx.mesh, num_experts=s.num_experts,
                   epochs=s.expert_train_epochs, model=s.model, width=s.width or None, depth=s.depth or None,
                   norm=s.norm or None, augment=s.expert_augment, dtype=s.expert_dtype, seed=ctx.seed,

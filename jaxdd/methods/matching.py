@@ -63,6 +63,8 @@ class MatchingSettings(CommonSettings):
         require(0 <= self.min_start_epoch < self.max_start_epoch,
                 f"--min-start-epoch {self.min_start_epoch} must be below --max-start-epoch {self.max_start_epoch}")
         require(self.syn_lr > 0 and self.lr_lr >= 0, "--syn-lr must be positive and --lr-lr non-negative")
+        require(0 <= self.momentum < 1, f"--momentum must lie in [0, 1), got {self.momentum}")
+        require(self.num_experts >= 1, f"--num-experts must be at least 1, got {self.num_experts}")
         require(self.remat in REMAT_NAMES, f"unknown --remat '{self.remat}': use {', '.join(REMAT_NAMES)}")
         require(self.expert_dtype in experts.DTYPES,
                 f"unknown --expert-dtype '{self.expert_dtype}': use {', '.join(experts.DTYPES)}")

@@ -47,6 +47,8 @@ class SelMatchSettings(matching.MatchingSettings):
         require(0 <= self.alpha <= 1, f"--alpha must lie in [0, 1], got {self.alpha}")
         require(self.beta == -1 or self.beta >= 0, f"--beta must be >= 0 (or -1 to scan), got {self.beta}")
         require(self.beta_reading in READINGS, f"unknown --beta-reading '{self.beta_reading}': use fraction or ipc")
+        require(self.beta <= 1 or self.beta_reading != "fraction", f"--beta {self.beta} is past the easiest image "
+                f"(--beta-reading fraction: a share of the class, in [0, 1]); use --beta <= 1 or -1 to scan")
         require(self.beta_step > 0, "--beta-step must be positive")
         require(0 <= self.ratio < 1, f"--ratio must lie in [0, 1), got {self.ratio}")
         require(self.eval_protocol in ("mtt", "selmatch"), f"unknown --eval-protocol '{self.eval_protocol}': "

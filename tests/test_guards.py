@@ -1,0 +1,135 @@
+"""Round two of runs that survive (issue 29, docs/runs.md): the lock on run folders, metrics lost on resume,
+output paths checked before any work, a full disk, and arrays from files checked before they are used."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jaxdd import lock, rundir
+from jaxdd.cli import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--dataset", "digits", "--ipc", "1", "--width", "4", "--depth", "1", "--unroll-steps", "6", "--window", "3",
+        "--real-batch", "64", "--eval-steps", "20", "--eval-models", "2", "--devices", "1", "--no-progress"]
+
+
+def _cli(capsys, argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err.strip().splitlines()
+
+
+def _holder(folder):
+    """A process holding `folder`'s lock (started and waited for)."""
+    proc = subprocess.Popen([sys.executable, "-c", f"import sys, time; sys.path.insert(0, {ROOT!r}); "
+                             f"from jaxdd import lock; lock.hold({str(folder)!r}, 'x'); print('held', flush=True); "
+                             f"time.sleep(600)"], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_process_on_the_same_out_is_refused_and_a_dead_holder_taken_over(tmp_path, capsys):
+    out = tmp_path / "run"
+    proc = _holder(out)
+    try:
+        code, _, err = _cli(capsys, ["distill", *TINY, "--steps", "2", "--no-eval", "--out", out])
+        assert code == 2 and len(err) == 1 and f"pid {proc.pid}" in err[0] and "in use" in err[0], err
+        assert sorted(os.listdir(out)) == [lock.LOCK]  # nothing written
+    finally:
+        proc.kill()
+        proc.wait()
+    code, _, err = _cli(capsys, ["distill", *TINY, "--steps", "2", "--no-eval", "--out", out])
+    assert code == 0, err
+    assert [line for line in err if "warning" in line] == [
+        f"jaxdd: warning: --out {out}: taking over the lock of pid {proc.pid} on {os.uname().nodename}, which no "
+        f"longer runs (it was killed or crashed)"]
+    assert open(out / lock.LOCK).read() == ""  # released at the end of the run
+
+
+def test_damaged_metrics_on_resume_name_the_steps_lost(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["distill", *TINY, "--steps", "4", "--checkpoint-every", "4", "--no-eval", "--out", str(out)]) == 0
+    lines = open(out / rundir.METRICS).read().splitlines()
+    lines[1] = lines[1][:10]  # a torn middle row (step 2)
+    open(out / rundir.METRICS, "w").write("\n".join(lines) + "\n")
+    capsys.readouterr()
+    code, _, err = _cli(capsys, ["distill", *TINY, "--steps", "6", "--checkpoint-every", "4", "--no-eval",
+                                 "--out", out, "--resume"])
+    assert code == 0
+    warnings = [line for line in err if "warning" in line]
+    assert len(warnings) == 1 and "no rows for step(s) 2 " in warnings[0], err
+    os.remove(out / rundir.METRICS)
+    code, _, err = _cli(capsys, ["distill", *TINY, "--steps", "6", "--checkpoint-every", "4", "--no-eval",
+                                 "--out", out, "--resume"])
+    assert code == 0 and any("no rows for step(s) 1-6 " in line for line in err), err
+
+
+def test_lost_steps_are_ranges():
+    rows = [{"step": s} for s in (1, 4, 5, 9)]
+    assert rundir.lost_steps(rows, 10) == "2-3, 6-8, 10"
+    assert rundir.lost_steps(rows[:1], 1) == ""
+
+
+def _tiny_set(file, images=None, class_names=None):
+    images = np.zeros((10, 8, 8, 1), np.float32) if images is None else images
+    names = [str(c) for c in range(10)] if class_names is None else class_names
+    np.savez(file, images=images, labels=np.arange(10), class_names=np.asarray(names))
+
+
+CHEAP = [  # (argv after the command, message): one line, status 2, before any work
+    (["distill", "--method", "mtt", "--momentum", "5"], "--momentum must lie in [0, 1)"),
+    (["distill", "--method", "mtt", "--num-experts", "0"], "--num-experts must be at least 1"),
+    (["distill", "--method", "mtt", "--experts", "/etc/passwd"], "--experts /etc/passwd is not a folder of experts"),
+    (["distill", "--method", "selmatch", "--beta", "5"], "--beta 5.0 is past the easiest image"),
+    (["distill", "--method", "bptt", "--window", "3"], "--window"),
+    (["distill", "--method", "boost", "--block", "0"], "--block"),
+    (["distill", "--init", "@/nan.npz"], "--init @/nan.npz: images contain NaN or Inf"),
+    (["distill", "--init", "@/other.npz"], "--init @/other.npz: the set was made on"),
+    (["experts", "--out", "@/afile"], "--out @/afile is a file, not a folder"),
+    (["experts", "--out", "@/run"], "--out @/run holds a distillation run"),
+    (["scores", "--kind", "el2n", "--out", "@/afile.npz"], "--out @/afile.npz already exists: pass --overwrite"),
+    (["scores", "--kind", "el2n", "--out", "@"], "give a file name ending in .npz"),
+    (["scores", "--kind", "el2n", "--out", "@/afile.npz/x.npz"], "is a file, not a folder"),
+]
+
+
+@pytest.mark.parametrize("argv,message", CHEAP, ids=[" ".join(a) for a, _ in CHEAP])
+def test_cheap_probe_cases_are_one_line(argv, message, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "afile.npz").write_text("x")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "settings.json").write_text("{}")
+    _tiny_set(tmp_path / "nan.npz", images=np.full((10, 8, 8, 1), np.nan, np.float32))
+    _tiny_set(tmp_path / "other.npz", class_names=[f"c{i}" for i in range(10)])
+    before = sorted(os.listdir(tmp_path))
+    argv = [a.replace("@", str(tmp_path)) for a in argv]
+    if argv[0] == "distill":  # the method's options first: the parser is built for the --method given
+        argv = [*argv, "--dataset", "digits", "--ipc", "1", "--width", "4", "--depth", "1", "--devices", "1",
+                "--steps", "2", "--no-eval", "--no-progress", "--out", str(tmp_path / "new")]
+    else:
+        argv = [*argv, "--dataset", "digits"]
+    code, stdout, err = _cli(capsys, argv)
+    message = message.replace("@", str(tmp_path))
+    assert code == 2 and len(err) == 1 and err[0].startswith("jaxdd: error: ") and message in err[0], err
+    assert sorted(os.listdir(tmp_path)) == before and open(tmp_path / "afile.npz").read() == "x"
+
+
+def test_a_full_disk_is_one_line_and_the_run_resumes(tmp_path):
+    """A file-size limit (RLIMIT_FSIZE) stands for a full disk: one line naming where and why, no unfinished
+    checkpoint kept, and --resume (without the limit) finishes the run with every step once."""
+    out = tmp_path / "run"
+    argv = ["distill", *TINY, "--steps", "10", "--checkpoint-every", "5", "--no-eval", "--out", str(out)]
+    limited = argv + ["--no-compile-cache"]  # the cache's own files would meet the limit first
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (4000, resource.RLIM_INFINITY)); "
+            f"sys.path.insert(0, {ROOT!r}); from jaxdd.cli import main; sys.exit(main({limited!r}))")
+    proc = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = [line for line in proc.stdout.splitlines() if not line.startswith(("I1", "W1", "distill:"))]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stdout[-3000:]
+    assert f"cannot write the checkpoint of step 5 in {out}" in lines[0] and "the disk or quota is full" in lines[0]
+    assert main(argv + ["--resume"]) == 0
+    assert [json.loads(line)["step"] for line in open(out / rundir.METRICS)] == list(range(1, 11))
+    assert not [name for name in os.listdir(out / "checkpoints") if "tmp" in name]
