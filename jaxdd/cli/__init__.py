@@ -19,7 +19,7 @@ import warnings
 from typing import Sequence
 
 from jaxdd import compile_cache, xla_options
-from jaxdd.cli import distill, evaluate, experts, scores
+from jaxdd.cli import distill, evaluate, experts, plan, scores
 from jaxdd.cli.args import EXIT_USAGE, Parser
 from jaxdd.errors import Interrupted, JaxddError, JaxddWarning, signal_name
 
@@ -39,6 +39,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     evaluate.add_parser(subparsers)
     experts.add_parser(subparsers)
     scores.add_parser(subparsers)
+    plan.add_parser(subparsers, distill.method_from(argv))
     return parser
 
 

@@ -100,9 +100,11 @@ def start_bound(settings: MatchingSettings, n, total_steps: int) -> int:
     return int(round(settings.max_start_epoch + grow))
 
 
-def build(ctx) -> Method:
+def build(ctx, store=None) -> Method:
+    """The matching method; store: the experts (default `experts.for_run(ctx)`; `jaxdd plan` passes a
+    stand-in of their shapes)."""
     s, model = ctx.settings, ctx.model
-    store = experts.for_run(ctx)
+    store = experts.for_run(ctx) if store is None else store
     require(s.max_start_epoch + s.expert_epochs <= store.num_epochs,
             f"--max-start-epoch {s.max_start_epoch} + --expert-epochs {s.expert_epochs} exceeds the experts' "
             f"{store.num_epochs} epochs: lower them or train longer experts")
