@@ -87,7 +87,7 @@ def row(program: planning.Program) -> dict:
                 fits={f"{size // GB}GB": program.peak_bytes <= size for size in FIT_SIZES})
 
 
-def candidates(settings, devices: int) -> list[tuple[str, dict]]:
+def candidates(settings, devices: int, ipc: int = 1, num_classes: int = 1) -> list[tuple[str, dict]]:
     """Changes that lower the step's memory per device, cheapest in time first: (description, overrides)."""
     out = []
     if getattr(settings, "remat", "full") != "full":
@@ -103,10 +103,14 @@ def candidates(settings, devices: int) -> list[tuple[str, dict]]:
         fewer = max(devices, settings.population // 2)
         out.append((f"--population {fewer} (fewer inner networks per device; a noisier meta-gradient)",
                     dict(population=fewer)))
-    if hasattr(settings, "batch_syn"):
-        current = settings.batch_syn
-        if current == 0 or current > 10:
-            out.append(("--batch-syn (fewer synthetic images per inner step)", dict(batch_syn=0)))
+    if hasattr(settings, "batch_syn"):  # trajectory matching: a class-balanced part of the set per inner step
+        whole = ipc * num_classes
+        current = settings.batch_syn or whole
+        for part in (2, 4, 8):
+            smaller = max(num_classes, current // part // num_classes * num_classes)
+            if smaller < current:
+                out.append((f"--batch-syn {smaller} (synthetic images per inner step, of {whole})",
+                            dict(batch_syn=smaller)))
     return out
 
 
@@ -143,15 +147,19 @@ def plan(source: str, method: str, ipc: int = 1, *, published: bool = False, ste
 def advise(spec, source, facts, method, ipc, published, steps, mesh, memory, overrides, settings, budget, log) -> dict:
     """The first change of :func:`candidates` (each on top of the ones before) whose step fits `memory`."""
     tried, changes = [], dict(overrides)
-    for text, change in candidates(settings, parallel.num_devices(mesh))[:budget]:
-        changes.update(change)
+    options = candidates(settings, parallel.num_devices(mesh), ipc, facts.num_classes)
+    for text, change in options[:budget]:
+        changes = dict(overrides, **change)  # each alone: the batch_syn halvings replace one another
         log(f"trying {text}")
         s, i, ds, n = planning.resolve(source, facts, method, ipc, published=published, steps=steps, overrides=changes)
         program = planning.distill_program(spec, s, planning.run_model(s, ds), ds, i, n, mesh)
         tried.append(dict(change=text, overrides=dict(change), **row(program)))
         if program.peak_bytes <= memory:
             return dict(found=True, change=text, overrides=dict(changes), tried=tried)
-    more = max(2, getattr(settings, "population", 1))
+    if not hasattr(settings, "population"):
+        return dict(found=False, tried=tried, change="none of the changes tried fits (the matching step runs on one "
+                                                    "device): a smaller --batch-syn, --syn-steps or a larger device")
+    more = max(2, settings.population)
     return dict(found=False, tried=tried,
                 change=f"none of the single-device changes fits; more devices split the population (e.g. --devices "
                        f"{more} --population {more}; on a CPU plan them with XLA_FLAGS="

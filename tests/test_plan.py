@@ -73,3 +73,17 @@ def test_plan_every_method_compiles(method):
     small.pop("delta", None) if method != "at-bptt" else None
     result = plans.plan("digits", method, 2, overrides=small, evaluation=False)
     assert result["programs"][0]["peak_bytes"] > 0 and result["programs"][0]["flops_per_step"] > 0
+
+
+def test_device_check_tiny_writes_every_row(tmp_path):
+    """benchmarks/device_check.py --tiny: the GPU script's code path on the CPU (rows and both numbers, not
+    their values)."""
+    from benchmarks import device_check
+
+    out = tmp_path / "check"
+    assert device_check.main(["--tiny", "--methods", "rat-bptt,mtt", "--repeats", "1", "--out", str(out),
+                              "--cache-dir", str(tmp_path / "cache")]) == 0
+    rows = json.loads((out / "device_check.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["rat-bptt", "mtt"]
+    assert all(r["planned_bytes"] > 0 and r["measured_bytes"] > 0 and r["seconds"] > 0 for r in rows)
+    assert (out / "device_check.md").read_text().count("\n") == 4
