@@ -20,7 +20,7 @@ from typing import Sequence
 
 from jaxdd import compile_cache, xla_options
 from jaxdd.checkpoint import FULL
-from jaxdd.cli import distill, evaluate, experts, export, scores
+from jaxdd.cli import distill, evaluate, experts, export, plan, scores
 from jaxdd.cli.args import EXIT_USAGE, Parser, fold_hf_columns
 from jaxdd.errors import Interrupted, JaxddError, JaxddWarning, signal_name
 
@@ -41,6 +41,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     experts.add_parser(subparsers)
     scores.add_parser(subparsers)
     export.add_parser(subparsers)
+    plan.add_parser(subparsers, distill.method_from(argv))
     return parser
 
 

@@ -81,6 +81,24 @@ def add_parser(subparsers, method: str = "rat-bptt") -> argparse.ArgumentParser:
     p.add_argument("--process-id", type=nonnegative_int, default=None, metavar="I",
                    help="with --distributed: this process's index in [0, N)")
     add_data_arguments(p, normalize=False)  # --normalize is one of the settings below
+    add_settings_arguments(p, spec)
+    out = p.add_argument_group("output")
+    out.add_argument("--no-eval", action="store_true", help="skip the final evaluation of the set and the baseline")
+    out.add_argument("--json", action="store_true", help="print one JSON summary object as the last line of stdout")
+    out.add_argument("--no-progress", action="store_true",
+                     help="no progress bar or progress lines on stderr, only the start and end lines")
+    out.add_argument("--log", action="append", choices=("tensorboard", "wandb"), default=None,
+                     help="also log the metrics, settings, results and image grids to TensorBoard (DIR/tensorboard) "
+                          "or Weights & Biases (DIR/wandb, offline unless WANDB_MODE is set); repeatable; needs "
+                          "the extra jaxdd[tensorboard] / jaxdd[wandb] (docs/runs.md 'Watch a run')")
+    out.add_argument("--log-images-every", type=positive_int, default=None, metavar="N",
+                     help="with --log: an image grid every N steps (default: steps/10) and at the last step")
+    p.set_defaults(func=run, settings_type=spec.settings)
+    return p
+
+
+def add_settings_arguments(p: argparse.ArgumentParser, spec) -> None:
+    """One option per setting of the method `spec` (default None: the preset's value)."""
     settings = p.add_argument_group(f"settings of --method {spec.name} (default: the preset's value)")
     for field in dataclasses.fields(spec.settings):
         flag = "--" + field.name.replace("_", "-")
@@ -96,19 +114,6 @@ def add_parser(subparsers, method: str = "rat-bptt") -> argparse.ArgumentParser:
             metavar = {int: "N", float: "X"}.get(kind, "NAME")
             settings.add_argument(flag, dest=field.name, type=parse, default=None, metavar=metavar,
                                   help=field.metadata.get("help"))
-    out = p.add_argument_group("output")
-    out.add_argument("--no-eval", action="store_true", help="skip the final evaluation of the set and the baseline")
-    out.add_argument("--json", action="store_true", help="print one JSON summary object as the last line of stdout")
-    out.add_argument("--no-progress", action="store_true",
-                     help="no progress bar or progress lines on stderr, only the start and end lines")
-    out.add_argument("--log", action="append", choices=("tensorboard", "wandb"), default=None,
-                     help="also log the metrics, settings, results and image grids to TensorBoard (DIR/tensorboard) "
-                          "or Weights & Biases (DIR/wandb, offline unless WANDB_MODE is set); repeatable; needs "
-                          "the extra jaxdd[tensorboard] / jaxdd[wandb] (docs/runs.md 'Watch a run')")
-    out.add_argument("--log-images-every", type=positive_int, default=None, metavar="N",
-                     help="with --log: an image grid every N steps (default: steps/10) and at the last step")
-    p.set_defaults(func=run, settings_type=spec.settings)
-    return p
 
 
 def run(args: argparse.Namespace) -> int:

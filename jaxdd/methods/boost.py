@@ -70,16 +70,27 @@ def carry_over(old, new):
 FRESH_INITS = ("auto", "noise", "real", "means")
 
 
-def build(ctx):
-    s, C = ctx.settings, ctx.num_classes
-    num_blocks = ctx.ipc // s.block
-    per_block = s.block_steps or max(1, ctx.steps // num_blocks)
-
+def block_rates(s: BoostSettings):
+    """rates(theta) -> {block: outer rate}: the newest block at 1, the older ones at beta."""
     def rates(theta):
         newest = max(theta["images"])
         return {b: 1.0 if b == newest else s.beta for b in theta["images"]}
 
-    base = bptt.build(ctx, bptt.schedule_for(s, INNER_METHODS[s.inner_method]), block_rates=rates)
+    return rates
+
+
+def base_method(ctx):
+    """The BPTT-family method every block is distilled with (its step is Boost-DD's step at any size)."""
+    s = ctx.settings
+    return bptt.build(ctx, bptt.schedule_for(s, INNER_METHODS[s.inner_method]), block_rates=block_rates(s))
+
+
+def build(ctx):
+    s, C = ctx.settings, ctx.num_classes
+    num_blocks = ctx.ipc // s.block
+    per_block = s.block_steps or max(1, ctx.steps // num_blocks)
+    rates = block_rates(s)
+    base = base_method(ctx)
 
     def init(key, theta, consts):
         """Start with block 1 only: the first B images per class of the initial set."""

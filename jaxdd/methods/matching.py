@@ -111,9 +111,11 @@ def start_bound(settings: MatchingSettings, n, total_steps: int) -> int:
     return int(round(settings.max_start_epoch + grow))
 
 
-def build(ctx) -> Method:
+def build(ctx, store=None) -> Method:
+    """The matching method; store: the experts (default `experts.for_run(ctx)`; `jaxdd plan` passes a
+    stand-in of their shapes)."""
     s, model = ctx.settings, ctx.model
-    store = experts.for_run(ctx)
+    store = experts.for_run(ctx) if store is None else store
     # start epochs t < T+ and the target t + M <= E: T+ - 1 + M <= E (the authors run T+ 4, M 2 on 5-epoch experts)
     require(s.max_start_epoch - 1 + s.expert_epochs <= store.num_epochs,
             f"--max-start-epoch {s.max_start_epoch} - 1 + --expert-epochs {s.expert_epochs} exceeds the experts' "

@@ -1,0 +1,126 @@
+"""One device check: each method's meta-step at its paper setting, planned beside measured (docs/planning.md).
+
+    python -m benchmarks.device_check --out results/      # a lent GPU (H100: about 5 min, see docs/planning.md)
+    python -m benchmarks.device_check --tiny --out /tmp/x  # the same code path on a CPU, digits, small settings
+
+Per row: `jaxdd plan`'s peak and FLOPs for the setting (made without data), then the run prepared as the
+driver does (tfds data must be prepared on the machine; --tiny uses digits), its step compiled ahead of
+time and run `--repeats` times: seconds per step (median), peak memory (GPU: the device's
+peak_bytes_in_use; CPU: the rise of the process's resident memory during one step, beside the planned
+outputs + temporaries − aliases) and achieved FLOP/s. Writes device_check.json and device_check.md.
+Not yet here (docs/planning.md, "Left to do"): the PyTorch references and the CIFAR-10 accuracy curve.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import jax
+
+from jaxdd import distillation, parallel, plans
+
+PAPER = [("rat-bptt", "tfds:cifar10", 10, {}), ("at-bptt", "tfds:cifar10", 10, {}),
+         ("at-bptt", "tfds:cifar10", 10, dict(lowrank=20)), ("boost", "tfds:cifar10", 10, dict(block=5)),
+         ("mtt", "tfds:cifar10", 10, {}), ("selmatch", "tfds:cifar10", 500, {})]
+TINY = {"rat-bptt": dict(width=8, unroll_steps=6, window=2, real_batch=64),
+        "at-bptt": dict(width=8, unroll_steps=8, window=3, delta=1, real_batch=64),
+        "boost": dict(width=8, unroll_steps=6, window=2, real_batch=64, block=1),
+        "mtt": dict(width=8, syn_steps=3, num_experts=1, expert_train_epochs=2, max_start_epoch=1, expert_epochs=1),
+        "selmatch": dict(width=8, syn_steps=3, num_experts=1, expert_train_epochs=2, max_start_epoch=1,
+                         expert_epochs=1, beta=0.0, alpha=0.5)}
+
+
+def _status(field: str) -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def measure(source, method, ipc, overrides, *, published: bool, repeats: int, cache_dir=None) -> dict:
+    """Seconds per step and peak memory of a run's outer step, prepared as the driver prepares it."""
+    mesh = parallel.make_mesh(1)
+    run = distillation.prepare(source, method, ipc, steps=repeats + 1, mesh=mesh, published=published,
+                               cache_dir=cache_dir, **overrides)
+    meth = run.method
+    state = parallel.put(run.state, parallel.state_shardings(mesh, run.state))
+    step = parallel.jit_step(meth.step, mesh, state, batch_sharding_kind=meth.batch_sharding)
+    key = jax.random.wrap_key_data(jax.device_get(state.key))
+    k_batch, k_step = jax.random.split(jax.random.fold_in(key, 0))
+    batch = jax.block_until_ready(meth.batch(0, k_batch))
+    compiled = step.lower(state, batch, k_step).compile()
+    device = jax.devices()[0]
+    cpu = device.platform == "cpu"
+    resident = _status("VmRSS") if cpu else 0
+    if cpu:
+        with open("/proc/self/clear_refs", "w") as f:  # the peak (VmHWM) from here on
+            f.write("5")
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        state, _ = jax.block_until_ready(compiled(state, batch, k_step))
+        times.append(time.perf_counter() - t0)
+    if cpu:
+        measured = dict(peak_kind="rise of resident memory", measured_bytes=_status("VmHWM") - resident)
+    else:
+        measured = dict(peak_kind="peak_bytes_in_use", measured_bytes=int(device.memory_stats()["peak_bytes_in_use"]))
+    return dict(seconds=statistics.median(times), times=times, device=device.device_kind, **measured)
+
+
+def check(rows, *, published: bool, repeats: int, cache_dir=None, log=print) -> list[dict]:
+    out = []
+    for method, source, ipc, overrides in rows:
+        plan = plans.plan(source, method, ipc, published=published, overrides=overrides, evaluation=False)
+        step = plan["programs"][0]
+        r = dict(method=method, source=source, ipc=ipc, overrides=overrides, planned_peak=step["peak_bytes"],
+                 planned_transient=step["output_bytes"] + step["temp_bytes"] - step["alias_bytes"],
+                 flops=step["flops_per_step"])
+        r.update(measure(source, method, ipc, overrides, published=published, repeats=repeats, cache_dir=cache_dir))
+        planned = r["planned_transient"] if r["peak_kind"] != "peak_bytes_in_use" else r["planned_peak"]
+        r.update(planned_bytes=planned, ratio=r["measured_bytes"] / max(planned, 1),
+                 flops_per_second=r["flops"] / r["seconds"])
+        device = plans.present_device()
+        r["share_of_peak"] = r["flops_per_second"] / device.peak if device else None
+        log(f"{method} {source} IPC {ipc} {overrides}: {r['seconds']:.3f} s/step, planned {planned / 2**20:.1f} MiB, "
+            f"measured {r['measured_bytes'] / 2**20:.1f} MiB")
+        out.append(r)
+    return out
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| method | data | IPC | extra | s/step | planned MiB | measured MiB | measured/planned | GFLOP/s | % peak |",
+             "|" + "---|" * 10]
+    for r in rows:
+        share = f"{100 * r['share_of_peak']:.0f}" if r["share_of_peak"] is not None else "-"
+        lines.append(f"| {r['method']} | {r['source']} | {r['ipc']} | {r['overrides'] or ''} | {r['seconds']:.3f} | "
+                     f"{r['planned_bytes'] / 2**20:.1f} | {r['measured_bytes'] / 2**20:.1f} | {r['ratio']:.2f} | "
+                     f"{r['flops_per_second'] / 1e9:.1f} | {share} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tiny", action="store_true", help="digits and small settings: the same code path on a CPU")
+    p.add_argument("--methods", default="", help="comma-separated subset (default: all)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", default="benchmarks/results/device_check")
+    p.add_argument("--cache-dir", default=None)
+    a = p.parse_args(argv)
+    rows = [(m, "digits", 2, dict(TINY[m], eval_steps=10)) for m in TINY] if a.tiny else PAPER
+    if a.methods:
+        rows = [r for r in rows if r[0] in a.methods.split(",")]
+    result = check(rows, published=not a.tiny, repeats=a.repeats, cache_dir=a.cache_dir)
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, "device_check.json"), "w") as f:
+        json.dump(dict(rows=result, tiny=a.tiny, date=time.strftime("%Y-%m-%d %H:%M:%S")), f, indent=1, default=str)
+    with open(os.path.join(a.out, "device_check.md"), "w") as f:
+        f.write(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,97 @@
+"""The paper-scale table: `jaxdd plan` for every published preset (docs/planning.md, benchmarks/results/plan.md).
+
+    nice python -m benchmarks.plan_table --out benchmarks/results/plan.jsonl --md benchmarks/results/plan.md
+
+Each row compiles the run's outer step for this machine's CPU with abstract inputs (no data), and the
+evaluation networks' step; --memory 24GB asks for the cheapest change that fits one 24 GB GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import time
+
+from jaxdd import methods, plans
+
+SOURCES = {"cifar10": "tfds:cifar10", "cifar100": "tfds:cifar100", "tiny_imagenet": "tfds:tiny_imagenet"}
+# beside the published rows: AT-BPTT's low-rank backward at the CIFAR-10 IPC 10 setting
+EXTRA = [("at-bptt", "cifar10", 10, dict(lowrank=k)) for k in (5, 20)] + \
+        [("at-bptt", "cifar10", 10, dict(lowrank=20, lowrank_source="shared"))]
+
+
+def rows(only=None):
+    for method in ("rat-bptt", "at-bptt", "mtt", "selmatch", "boost"):
+        for key, ipc in methods.get(method).presets.published:
+            if method == "boost" and ipc != 50:  # Boost-DD at its largest size only
+                continue
+            yield method, key, ipc, {}
+    yield from EXTRA
+
+
+# The anchors' reported resources, by (method, data set, IPC): docs/planning.md cites them.
+ANCHORS = {
+    ("mtt", "cifar100", 10): "MTT authors: 8 x 12 GB GPUs",
+    ("mtt", "cifar100", 50): "MTT authors: 2 x 24 GB GPUs",
+    ("at-bptt", "cifar10", 10): "AT-BPTT paper (A800): 6.94 GB, 5.5 h; RaT-BPTT there 16.7 GB, 21.6 h",
+    ("rat-bptt", "cifar10", 10): "H100 measured (gpu.md): 3,029 MiB, 0.27 s/step; PyTorch 27,387 MiB, 1.54 s/step",
+}
+
+
+def markdown(path: str) -> str:
+    """The table of a plan.jsonl: one row per plan, the anchors beside it."""
+    lines = ["| method | data set | IPC | extra | peak GiB / device | GFLOP / step | steps | H100 time | fits 24 / 40 / 80 GB "
+             "| 24 GB advice | eval GiB, H100 time | anchor |", "|" + "---|" * 12]
+    for text in open(path):
+        r = json.loads(text)
+        s = r["programs"][0]
+        e = r["programs"][1] if len(r["programs"]) > 1 else None
+        key = r["dataset"]["name"]
+        advice = r.get("advice") or {}
+        fit = "fits" if r.get("fits") else (advice.get("change", "")[:70] if advice.get("found")
+                                             else "none found" if advice else "")
+        if advice.get("found"):
+            t = advice["tried"][-1]
+            fit += f" ({t['peak_bytes'] / 2**30:.1f} GiB, H100 {t['seconds']['H100 80GB'] / 3600:.1f} h)"
+        lines.append(f"| {r['method']} | {key} | {r['ipc']} | {r.get('extra') or ''} | {s['peak_bytes'] / 2**30:.2f} | "
+                     f"{s['flops_per_step'] / 1e9:,.0f} | {r['steps']:,} | {s['seconds']['H100 80GB'] / 3600:.1f} h | "
+                     + " / ".join("yes" if v else "no" for v in s["fits"].values())
+                     + f" | {fit} | " + (f"{e['peak_bytes'] / 2**30:.2f}, {e['seconds']['H100 80GB'] / 60:.0f} min"
+                                         if e else "") + f" | {ANCHORS.get((r['method'], key, r['ipc']), '')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default="benchmarks/results/plan.jsonl")
+    p.add_argument("--md", default="benchmarks/results/plan.md")
+    p.add_argument("--memory", default="24GB")
+    p.add_argument("--methods", default="")
+    p.add_argument("--md-only", action="store_true", help="write --md from --out without planning")
+    a = p.parse_args(argv)
+    if a.md_only:
+        with open(a.md, "w") as f:
+            f.write(markdown(a.out))
+        return
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    wanted = set(a.methods.split(",")) if a.methods else None
+    with open(a.out, "a") as out:
+        for method, key, ipc, extra in rows():
+            if wanted and method not in wanted:
+                continue
+            t0 = time.perf_counter()
+            r = plans.plan(SOURCES[key], method, ipc, published=True, overrides=extra,
+                           memory=plans.parse_size(a.memory), advice_compiles=2)
+            r.update(seconds=round(time.perf_counter() - t0, 1), commit=commit, extra=extra,
+                     date=time.strftime("%Y-%m-%d %H:%M:%S"), machine="shared 2-core Intel Xeon (KVM), CPU compile",
+                     command=f"python -m benchmarks.plan_table --memory {a.memory}")
+            out.write(json.dumps(r, sort_keys=True, default=str) + "\n")
+            out.flush()
+            s = r["programs"][0]
+            print(f"{method} {key} IPC {ipc} {extra}: {s['peak_bytes'] / 2**30:.2f} GiB, "
+                  f"{s['flops_per_step'] / 1e9:.0f} GFLOP/step, {r['seconds']} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
