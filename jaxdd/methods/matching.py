@@ -182,9 +182,9 @@ def evaluation(s: MatchingSettings) -> dict:
     return kwargs
 
 
-# Published MTT rows (the paper's Table, CIFAR): (dataset, ipc) -> (N, M, T+, zca, lr_img, lr_lr).
-# batch_syn where the authors set it (CIFAR-100 IPC 50: 125 per inner step; docs/methods/matching.md).
-_BATCH_SYN = {("cifar100", 50): 125}
+# Published MTT rows: (dataset, ipc) -> (N, M, T+, zca, lr_img, lr_lr). CIFAR: the paper's table; Tiny-ImageNet:
+# the authors' table as DC-BENCH's methods/tm/readme.md writes it out (the table itself is an image); the ImageNet
+# subsets: the authors' issue #1 (one setting for every subset, 5000 steps). Sources: docs/methods/matching.md.
 _MTT_ROWS = {
     ("cifar10", 1): (50, 2, 2, True, 1e3, 1e-7),
     ("cifar10", 10): (30, 2, 20, True, 1e3, 1e-5),
@@ -192,9 +192,24 @@ _MTT_ROWS = {
     ("cifar100", 1): (20, 3, 20, True, 1e3, 1e-5),
     ("cifar100", 10): (20, 2, 20, False, 1e3, 1e-5),
     ("cifar100", 50): (80, 2, 40, True, 1e3, 1e-5),
+    ("tiny_imagenet", 1): (10, 2, 10, False, 1e4, 1e-4),
+    ("tiny_imagenet", 10): (20, 2, 40, False, 1e4, 1e-4),
+    ("tiny_imagenet", 50): (20, 2, 40, False, 1e4, 1e-4),
 }
-PUBLISHED = {key: dict(syn_steps=n, expert_epochs=m, max_start_epoch=t_max, normalize="zca-mtt" if zca else "standardize-cifar",
-                       outer_lr=lr_img, lr_lr=lr_lr, syn_lr=0.01, width=128, depth=3, num_experts=100,
+# MTT's ImageNet subsets (their utils.Config; the class ids: docs/methods/matching.md), each a 128 px folder or
+# archive named after the subset: ConvNetD5, N 20, M 2, T+ 10, lr_img 1e5, lr_lr 1e-6 at IPC 1 and 10.
+IMAGENET_SUBSETS = ("imagenette", "imagewoof", "imagefruit", "imagemeow", "imagesquawk", "imageyellow")
+_MTT_ROWS.update({(subset, ipc): (20, 2, 10, False, 1e5, 1e-6) for subset in IMAGENET_SUBSETS for ipc in (1, 10)})
+# batch_syn where the authors set it (per inner step; the whole set elsewhere)
+_BATCH_SYN = {("cifar100", 50): 125, ("tiny_imagenet", 10): 200, ("tiny_imagenet", 50): 300,
+              **{(subset, 10): 20 for subset in IMAGENET_SUBSETS}}
+# ConvNet depth: 3 on CIFAR's 32 px, 4 on Tiny's 64 px, 5 on the subsets' 128 px (ConvNetD4 / ConvNetD5)
+_DEPTH = {"cifar10": 3, "cifar100": 3, "tiny_imagenet": 4, **{subset: 5 for subset in IMAGENET_SUBSETS}}
+# non-ZCA inputs: the authors' fixed constants, CIFAR's for both CIFAR sets and ImageNet's for the rest
+_STANDARDIZE = {"cifar10": "standardize-cifar", "cifar100": "standardize-cifar"}
+PUBLISHED = {key: dict(syn_steps=n, expert_epochs=m, max_start_epoch=t_max,
+                       normalize="zca-mtt" if zca else _STANDARDIZE.get(key[0], "standardize-imagenet"),
+                       outer_lr=lr_img, lr_lr=lr_lr, syn_lr=0.01, width=128, depth=_DEPTH[key[0]], num_experts=100,
                        expert_train_epochs=50, expert_dtype="float16", init="real", eval_by_epochs=True,
                        eval_models=5, val_fraction=0.0, batch_syn=_BATCH_SYN.get(key, 0))
              for key, (n, m, t_max, zca, lr_img, lr_lr) in _MTT_ROWS.items()}
@@ -208,7 +223,8 @@ CPU = {
 }
 CPU_STEPS = {"digits": 300, "images32": 200}
 # published: the authors' distill.py default --Iteration 5000
-PRESETS = Presets(cpu=CPU, cpu_steps=CPU_STEPS, published=PUBLISHED, published_steps=5000, source="the MTT paper")
+PRESETS = Presets(cpu=CPU, cpu_steps=CPU_STEPS, published=PUBLISHED, published_steps=5000,
+                  source="the MTT authors' table and issue #1")
 
 register(MethodSpec(
     name="mtt", summary="trajectory matching: N SGD steps on the set match an expert's M epochs",
