@@ -65,8 +65,8 @@ class InnerConfig:
         require(self.classes_per_step is None or 1 <= self.classes_per_step <= self.num_classes,
                 f"inner classes_per_step {self.classes_per_step} must be between 1 and {self.num_classes}")
         n = self.ipc * self.num_classes
-        require(self.chunk is None or (1 <= self.chunk <= n and n % self.chunk == 0),
-                f"synthetic batch {self.chunk} must divide the set's {n} images: choose another --batch-syn")
+        require(self.chunk is None or 1 <= self.chunk <= n,
+                f"synthetic batch {self.chunk} must be between 1 and the set's {n} images: choose another --batch-syn")
 
 
 def direction(cfg: InnerConfig) -> optax.GradientTransformation:
@@ -83,6 +83,11 @@ def cross_entropy(logits, labels):
     if labels.ndim == logits.ndim - 1:
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     return -(labels * jax.nn.log_softmax(logits)).sum(-1).mean()
+
+
+def soft_labels(labels, num_classes: int):
+    """Labels as soft targets [B, C]: int class ids one-hot, soft targets unchanged."""
+    return jax.nn.one_hot(labels, num_classes) if labels.ndim == 1 else labels
 
 
 def accuracy(logits, labels):
@@ -109,11 +114,24 @@ def default_grad_map(model: Model) -> GradMap:
 def chunk_batch(chunk_key, t, cfg: InnerConfig):
     """Rows of inner step t under MTT's authors' sampler: the whole set shuffled (from `chunk_key`, the
     outer step's), cut into chunks of cfg.chunk taken in turn without replacement, reshuffled when used
-    up; not class-balanced."""
+    up; not class-balanced. Chunks are taken from the end of the shuffled list, as the authors pop them,
+    so where cfg.chunk does not divide the set the short chunk comes first in each pass; its rows are
+    padded to cfg.chunk with rows of the next chunk (`chunk_weights` gives them weight 0)."""
     n = cfg.ipc * cfg.num_classes
-    per = n // cfg.chunk
+    per = -(-n // cfg.chunk)  # chunks in one pass over the set, the last one short when chunk does not divide n
     perm = jax.random.permutation(jax.random.fold_in(chunk_key, t // per), n)
-    return jax.lax.dynamic_slice(perm, ((t % per) * cfg.chunk,), (cfg.chunk,))
+    start = (per - 1 - t % per) * cfg.chunk
+    padded = jnp.concatenate([perm, perm[:cfg.chunk]])  # a short chunk's padding: valid rows, weight 0
+    return jax.lax.dynamic_slice(padded, (start,), (cfg.chunk,))
+
+
+def chunk_weights(t, cfg: InnerConfig):
+    """Per-row loss weights of `chunk_batch`'s rows at step t, scaled so that the weighted mean over the
+    padded chunk is the plain mean over its valid rows (all ones when cfg.chunk divides the set)."""
+    n = cfg.ipc * cfg.num_classes
+    per = -(-n // cfg.chunk)
+    valid = jnp.minimum(cfg.chunk, n - (per - 1 - t % per) * cfg.chunk)
+    return (jnp.arange(cfg.chunk) < valid) * (cfg.chunk / valid)
 
 
 def sample_inner_batch(key, cfg: InnerConfig):
@@ -157,8 +175,10 @@ def make_step(model: Model, cfg: InnerConfig, consts, *, grad_map: GradMap | Non
         k_batch, k_aug = jax.random.split(key)
         idx = (sample_inner_batch(k_batch, cfg) if cfg.chunk is None
                else chunk_batch(consts["chunk_key"], carry.t, cfg))
-        x = aug(images[idx], k_aug)
-        grads, (_, new_state) = grad_map(carry.params, carry.model_state, x, labels[idx])
+        x, y = aug(images[idx], k_aug), labels[idx]
+        if cfg.chunk is not None and (cfg.ipc * cfg.num_classes) % cfg.chunk:  # a short chunk: its padding weighs 0
+            y = soft_labels(y, cfg.num_classes) * chunk_weights(carry.t, cfg)[:, None].astype(images.dtype)
+        grads, (_, new_state) = grad_map(carry.params, carry.model_state, x, y)
         gnorm = jax.lax.stop_gradient(optax.tree.norm(grads)).astype(carry.grad_norms.dtype)
         updates, opt_state = opt.update(grads, carry.opt_state, carry.params)
         params = jax.tree.map(lambda p, u: p - lr * u, carry.params, updates)

@@ -281,3 +281,36 @@ def test_published_non_zca_rows_use_the_authors_fixed_constants():
     want = (x - np.array([0.4914, 0.4822, 0.4465])) / np.array([0.2023, 0.1994, 0.2010])
     np.testing.assert_allclose(pre.apply(x), want, rtol=1e-5)
     np.testing.assert_allclose(pre.inverse(pre.apply(x)), x, atol=1e-6)
+
+
+def test_a_short_last_chunk_comes_first_and_its_padding_weighs_nothing():
+    """batch_syn not dividing the set (the authors' Tiny-ImageNet IPC 50: 300 of 10,000): each pass takes
+    torch.split's short chunk first, as their pop() does, and the inner gradient is that of the mean loss
+    over its valid rows only. Refused before (the chunk had to divide the set)."""
+    from jaxdd.inner import chunk_batch, chunk_weights
+
+    cfg = inner.InnerConfig(optimizer="sgd", lr=0.1, ipc=2, num_classes=5, chunk=4, total_steps=6)
+    key = jax.random.key(7)
+    rows = [np.asarray(chunk_batch(key, t, cfg)) for t in range(6)]
+    weights = [np.asarray(chunk_weights(t, cfg)) for t in range(6)]
+    np.testing.assert_allclose(weights[0], [2, 2, 0, 0])  # 10 images in chunks 4, 4, 2: the 2 first
+    np.testing.assert_allclose(weights[1], np.ones(4))
+    for first in (0, 3):  # each pass of 3 steps covers the 10 images once (valid rows only)
+        valid = np.concatenate([r[w > 0] for r, w in zip(rows[first:first + 3], weights[first:first + 3])])
+        np.testing.assert_array_equal(np.sort(valid), np.arange(10))
+
+    model = make_model("mlp", image_shape=(4, 4, 1), num_classes=5, width=4, depth=1)
+    params, state = model.init(jax.random.key(0))
+    images = jax.random.normal(jax.random.key(1), (10, 4, 4, 1))
+    labels = jnp.repeat(jnp.arange(5), 2)
+    consts = dict(images=images, labels=labels, chunk_key=key)
+    step = inner.make_step(model, cfg, consts, assemble=lambda theta, c: (c["images"], c["labels"], None))
+    after = step(inner.init_carry(params, state, cfg), None, jax.random.key(2))
+    short = rows[0][:2]
+
+    def loss(p):  # the plain mean over the short chunk's two images
+        logits, _ = model.apply(p, state, images[short], True)
+        return inner.cross_entropy(logits, labels[short])
+
+    expected = jax.tree.map(lambda p, g: p - 0.1 * g, params, jax.grad(loss)(params))
+    chex.assert_trees_all_close(after.params, expected, rtol=1e-5, atol=1e-6)
