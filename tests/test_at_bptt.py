@@ -268,8 +268,12 @@ def _tiny(digits, ipc=2):
     """3 classes of digits pooled to 4×4, an MLP of width 2 (43 parameters), float64."""
     model, cfg, images, labels, real_x, real_y = _digits_problem(digits, classes=3, ipc=ipc, total=12, width=2,
                                                                  optimizer="sgd", lr=0.3, per_class=None)
-    params, state = model.init(jax.random.key(1))
     f64 = lambda t: jax.tree.map(lambda a: a.astype(jnp.float64), t)  # noqa: E731
+    for k in range(1, 20):  # the first init whose two ReLUs are both live on the set (a dead one zeroes gradients)
+        params, state = model.init(jax.random.key(k))
+        layer = params["layers"][0]
+        if bool(((images.reshape(len(images), -1) @ layer["kernel"] + layer["bias"]) > 0).any(0).all()):
+            break
     return model, cfg, f64(params), state, f64(images), labels, f64(real_x[:90]), real_y[:90]
 
 

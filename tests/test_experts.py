@@ -87,8 +87,9 @@ def test_store_layout(reference, digits):
     assert (store.num_experts, store.num_epochs, store.num_params, store.dtype) == (E, EPOCHS, net.num_params,
                                                                                  "float32")
     files = sorted(os.listdir(store.path))
-    assert files == ["forgetting.npz", "group_0000.forgetting.npy", "group_0000.npy", "group_0001.forgetting.npy",
-                     "group_0001.npy", "manifest.json"]  # no progress files left
+    assert files == [".jaxdd.lock", "forgetting.npz", "group_0000.forgetting.npy", "group_0000.npy", "group_0001.forgetting.npy",
+                     "group_0001.npy", "manifest.json"]  # no progress files left; the lock released (empty)
+    assert (store.path / ".jaxdd.lock").read_text() == ""
     raw = np.load(store.path / "group_0001.npy", mmap_mode="r")
     assert isinstance(raw, np.memmap) and raw.shape == (2, EPOCHS + 1, net.num_params) and raw.dtype == np.float32
     chex.assert_shape(store.snapshot(3, 1), (net.num_params,))

@@ -133,3 +133,15 @@ def test_a_full_disk_is_one_line_and_the_run_resumes(tmp_path):
     assert main(argv + ["--resume"]) == 0
     assert [json.loads(line)["step"] for line in open(out / rundir.METRICS)] == list(range(1, 11))
     assert not [name for name in os.listdir(out / "checkpoints") if "tmp" in name]
+
+
+def test_finished_experts_are_not_held(tmp_path, digits):
+    """The expert folder's lock is held while experts are written and released after: a second run (another
+    process) can use finished experts while the first one still runs (before, the lock stayed until exit)."""
+    from jaxdd import experts
+
+    out = tmp_path / "experts"
+    experts.train(digits, num_experts=1, epochs=1, out_dir=out, width=4, depth=1, batch_size=64, progress=False)
+    probe = ("import sys, jaxdd.lock as l; l.hold(sys.argv[1], 'the experts'); print('held')")
+    done = subprocess.run([sys.executable, "-c", probe, str(out)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "held" in done.stdout, done.stderr

@@ -46,7 +46,7 @@ def test_window_meta_gradient_matches_finite_differences(optimizer, prefix):
             fd = (-g(images + 2 * eps * v) + 8 * g(images + eps * v) - 8 * g(images - eps * v)
                   + g(images - 2 * eps * v)) / (12 * eps)
             an = jnp.vdot(grads["images"], v)
-            np.testing.assert_allclose(an, fd, rtol=1e-7, atol=1e-10)
+            np.testing.assert_allclose(an, fd, rtol=1e-7, atol=1e-9)  # f ≈ 2: round-off/eps ≈ 2e-10
         assert float(jnp.abs(grads["images"]).max()) > 0
 
 

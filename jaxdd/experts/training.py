@@ -180,6 +180,15 @@ def train(dataset, *, num_experts: int, epochs: int, out_dir, model: str = "conv
     out = Path(out_dir)
     check_folder(out)
     lock.hold(out, f"the experts in {out}", hint="wait for it to finish training them")
+    try:  # held while the folder is written; finished experts are only read, by any number of processes
+        return _train_locked(dataset, out, settings, group_size, resume, progress, mesh, on_epoch)
+    finally:
+        lock.release(out)
+
+
+def _train_locked(dataset, out: Path, settings: dict, group_size, resume, progress, mesh, on_epoch) -> ExpertStore:
+    """`train`'s work once it holds the folder's lock."""
+    num_experts, epochs = settings["num_experts"], settings["epochs"]
     net = network(fingerprint(dataset), settings)
     manifest = read_manifest(out)
     if manifest is not None:
