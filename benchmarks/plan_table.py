@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import time
 
@@ -37,6 +38,10 @@ ANCHORS = {
     ("at-bptt", "cifar10", 10): "AT-BPTT paper (A800): 6.94 GB, 5.5 h; RaT-BPTT there 16.7 GB, 21.6 h",
     ("rat-bptt", "cifar10", 10): "H100 measured (gpu.md): 3,029 MiB, 0.27 s/step; PyTorch 27,387 MiB, 1.54 s/step",
 }
+
+
+def _key(r: dict) -> tuple:
+    return r["method"], r["dataset"]["name"], r["ipc"], json.dumps(r.get("extra") or {}, sort_keys=True)
 
 
 def markdown(path: str) -> str:
@@ -68,6 +73,7 @@ def main(argv=None):
     p.add_argument("--md", default="benchmarks/results/plan.md")
     p.add_argument("--memory", default="24GB")
     p.add_argument("--methods", default="")
+    p.add_argument("--only", default="", help="comma-separated METHOD:DATASET:IPC rows (default: every row)")
     p.add_argument("--md-only", action="store_true", help="write --md from --out without planning")
     a = p.parse_args(argv)
     if a.md_only:
@@ -76,9 +82,12 @@ def main(argv=None):
         return
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     wanted = set(a.methods.split(",")) if a.methods else None
+    only = set(a.only.split(",")) if a.only else None
+    done = set(_key(json.loads(line)) for line in open(a.out)) if os.path.exists(a.out) else set()
     with open(a.out, "a") as out:
         for method, key, ipc, extra in rows():
-            if wanted and method not in wanted:
+            if (wanted and method not in wanted) or (only and f"{method}:{key}:{ipc}" not in only) \
+                    or (method, key, ipc, json.dumps(extra, sort_keys=True)) in done:  # rows already planned stay
                 continue
             t0 = time.perf_counter()
             r = plans.plan(SOURCES[key], method, ipc, published=True, overrides=extra,
