@@ -26,7 +26,7 @@ from jaxdd import distillation, parallel, plans
 PAPER = [("rat-bptt", "tfds:cifar10", 10, {}), ("at-bptt", "tfds:cifar10", 10, {}),
          ("at-bptt", "tfds:cifar10", 10, dict(lowrank=20)), ("boost", "tfds:cifar10", 10, dict(block=5)),
          ("mtt", "tfds:cifar10", 10, {}), ("selmatch", "tfds:cifar10", 500, {})]
-TINY = {"rat-bptt": dict(width=4, depth=1, unroll_steps=4, window=2, real_batch=32),
+TINY = {"rat-bptt": dict(width=4, depth=1, unroll_steps=4, window=2, real_batch=32, inner_optimizer="sgd"),
         "at-bptt": dict(width=8, unroll_steps=8, window=3, delta=1, real_batch=64),
         "boost": dict(width=8, unroll_steps=6, window=2, real_batch=64, block=1),
         "mtt": dict(width=8, syn_steps=3, num_experts=1, expert_train_epochs=2, max_start_epoch=1, expert_epochs=1),
