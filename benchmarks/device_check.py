@@ -26,7 +26,7 @@ from jaxdd import distillation, parallel, plans
 PAPER = [("rat-bptt", "tfds:cifar10", 10, {}), ("at-bptt", "tfds:cifar10", 10, {}),
          ("at-bptt", "tfds:cifar10", 10, dict(lowrank=20)), ("boost", "tfds:cifar10", 10, dict(block=5)),
          ("mtt", "tfds:cifar10", 10, {}), ("selmatch", "tfds:cifar10", 500, {})]
-TINY = {"rat-bptt": dict(width=8, unroll_steps=6, window=2, real_batch=64),
+TINY = {"rat-bptt": dict(width=4, depth=1, unroll_steps=4, window=2, real_batch=32, inner_optimizer="sgd"),
         "at-bptt": dict(width=8, unroll_steps=8, window=3, delta=1, real_batch=64),
         "boost": dict(width=8, unroll_steps=6, window=2, real_batch=64, block=1),
         "mtt": dict(width=8, syn_steps=3, num_experts=1, expert_train_epochs=2, max_start_epoch=1, expert_epochs=1),
@@ -74,7 +74,8 @@ def measure(source, method, ipc, overrides, *, published: bool, repeats: int, ca
 def check(rows, *, published: bool, repeats: int, cache_dir=None, log=print) -> list[dict]:
     out = []
     for method, source, ipc, overrides in rows:
-        plan = plans.plan(source, method, ipc, published=published, overrides=overrides, evaluation=False)
+        plan = plans.plan(source, method, ipc, published=published, overrides=overrides, evaluation=False,
+                          devices=1)  # measured on one device
         step = plan["programs"][0]
         r = dict(method=method, source=source, ipc=ipc, overrides=overrides, planned_peak=step["peak_bytes"],
                  planned_transient=step["output_bytes"] + step["temp_bytes"] - step["alias_bytes"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import time
 
@@ -39,14 +40,21 @@ ANCHORS = {
 }
 
 
+def _key(r: dict) -> tuple:
+    return r["method"], r["dataset"]["name"], r["ipc"], json.dumps(r.get("extra") or {}, sort_keys=True)
+
+
+def _program(r: dict, prefix: str):
+    return next((p for p in r["programs"] if p["name"].startswith(prefix)), None)
+
+
 def markdown(path: str) -> str:
     """The table of a plan.jsonl: one row per plan, the anchors beside it."""
     lines = ["| method | data set | IPC | extra | peak GiB / device | GFLOP / step | steps | H100 time | fits 24 / 40 / 80 GB "
-             "| 24 GB advice | eval GiB, H100 time | anchor |", "|" + "---|" * 12]
+             "| 24 GB advice | experts GiB, H100 time | eval GiB, H100 time | anchor |", "|" + "---|" * 13]
     for text in open(path):
         r = json.loads(text)
-        s = r["programs"][0]
-        e = r["programs"][1] if len(r["programs"]) > 1 else None
+        s, x, e = r["programs"][0], _program(r, "experts"), _program(r, "evaluation")
         key = r["dataset"]["name"]
         advice = r.get("advice") or {}
         fit = "fits" if r.get("fits") else (advice.get("change", "")[:70] if advice.get("found")
@@ -57,8 +65,10 @@ def markdown(path: str) -> str:
         lines.append(f"| {r['method']} | {key} | {r['ipc']} | {r.get('extra') or ''} | {s['peak_bytes'] / 2**30:.2f} | "
                      f"{s['flops_per_step'] / 1e9:,.0f} | {r['steps']:,} | {s['seconds']['H100 80GB'] / 3600:.1f} h | "
                      + " / ".join("yes" if v else "no" for v in s["fits"].values())
-                     + f" | {fit} | " + (f"{e['peak_bytes'] / 2**30:.2f}, {e['seconds']['H100 80GB'] / 60:.0f} min"
-                                         if e else "") + f" | {ANCHORS.get((r['method'], key, r['ipc']), '')} |")
+                     + f" | {fit} | " + (f"{x['peak_bytes'] / 2**30:.2f}, {x['seconds']['H100 80GB'] / 3600:.1f} h"
+                                         if x else "") + " | "
+                     + (f"{e['peak_bytes'] / 2**30:.2f}, {e['seconds']['H100 80GB'] / 60:.0f} min" if e else "")
+                     + f" | {ANCHORS.get((r['method'], key, r['ipc']), '')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -68,6 +78,7 @@ def main(argv=None):
     p.add_argument("--md", default="benchmarks/results/plan.md")
     p.add_argument("--memory", default="24GB")
     p.add_argument("--methods", default="")
+    p.add_argument("--only", default="", help="comma-separated METHOD:DATASET:IPC rows (default: every row)")
     p.add_argument("--md-only", action="store_true", help="write --md from --out without planning")
     a = p.parse_args(argv)
     if a.md_only:
@@ -76,9 +87,12 @@ def main(argv=None):
         return
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     wanted = set(a.methods.split(",")) if a.methods else None
+    only = set(a.only.split(",")) if a.only else None
+    done = set(_key(json.loads(line)) for line in open(a.out)) if os.path.exists(a.out) else set()
     with open(a.out, "a") as out:
         for method, key, ipc, extra in rows():
-            if wanted and method not in wanted:
+            if (wanted and method not in wanted) or (only and f"{method}:{key}:{ipc}" not in only) \
+                    or (method, key, ipc, json.dumps(extra, sort_keys=True)) in done:  # rows already planned stay
                 continue
             t0 = time.perf_counter()
             r = plans.plan(SOURCES[key], method, ipc, published=True, overrides=extra,

@@ -24,9 +24,11 @@ from typing import Callable
 import jax
 import numpy as np
 
-from jaxdd import methods, models, parallel, presets, synthetic, training
+from jaxdd import experts, forgetting, methods, models, parallel, presets, synthetic, training
 from jaxdd.data.dataset import Dataset
 from jaxdd.data.facts import Facts
+from jaxdd.experts import store
+from jaxdd.experts import training as experts_training
 from jaxdd.methods import boost, matching, selmatch
 from jaxdd.models import make_model
 
@@ -101,16 +103,20 @@ def matmul_flops(jaxpr, dynamic_trips: float = 1.0) -> tuple[float, int]:
 
 
 def compiled_program(name: str, jitted, args, *, steps: int, devices: int, dynamic_trips: float = 1.0,
-                     note: str = "") -> Program:
-    """Trace, count and compile `jitted(*args)` (abstract args) into a :class:`Program`."""
+                     note: str = "", compile: bool = True, per_call: int = 1) -> Program:
+    """Trace, count and compile `jitted(*args)` (abstract args) into a :class:`Program`; compile=False:
+    FLOPs only (the trace takes seconds, the compile of a paper-scale step minutes), every byte count 0.
+    per_call: units of work in one call (the FLOPs are per unit, `steps` counts units)."""
     t0 = time.perf_counter()
     traced = jitted.trace(*args)
     flops, dynamic = matmul_flops(traced.jaxpr, dynamic_trips)
-    mem = traced.lower().compile().memory_analysis()
-    peak = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes - mem.alias_size_in_bytes
-    return Program(name, int(peak), int(mem.argument_size_in_bytes), int(mem.output_size_in_bytes),
-                   int(mem.temp_size_in_bytes), int(mem.alias_size_in_bytes), flops / devices, int(steps), devices,
-                   dynamic, round(time.perf_counter() - t0, 1), note)
+    sizes = [0, 0, 0, 0]
+    if compile:
+        mem = traced.lower().compile().memory_analysis()
+        sizes = [mem.argument_size_in_bytes, mem.output_size_in_bytes, mem.temp_size_in_bytes, mem.alias_size_in_bytes]
+    peak = sizes[0] + sizes[1] + sizes[2] - sizes[3]
+    return Program(name, int(peak), *map(int, sizes), flops / devices / per_call, int(steps), devices, dynamic,
+                   round(time.perf_counter() - t0, 1), note)
 
 
 # -- the data set's stand-in -----------------------------------------------------------------------
@@ -170,6 +176,7 @@ class Hook:
     kind: Callable = lambda settings: None
     hard_labels: bool = False
     data_on_device: bool = True
+    experts: bool = False
 
 
 HOOKS = {
@@ -180,9 +187,9 @@ HOOKS = {
     # Boost-DD at its largest size: every block present, the step of its inner estimator
     "boost": Hook(build=boost.base_method, kind=lambda s: boost.INNER_METHODS[s.inner_method],
                   rows=lambda ctx: boost.block_rows(ctx.num_classes, ctx.ipc // ctx.settings.block, ctx.settings.block)),
-    "mtt": Hook(build=_matching, in_trace=False, data_on_device=False),
+    "mtt": Hook(build=_matching, in_trace=False, data_on_device=False, experts=True),
     # SelMatch's step: matching on the selected window, its harder rows frozen
-    "selmatch": Hook(build=_matching, in_trace=False, hard_labels=True, data_on_device=False,
+    "selmatch": Hook(build=_matching, in_trace=False, hard_labels=True, data_on_device=False, experts=True,
                      rows=lambda ctx: selmatch.partial_rows(ctx.num_classes, ctx.ipc, ctx.settings.alpha)),
 }
 
@@ -211,8 +218,10 @@ def abstract_set(ctx, rows, hard_labels: bool):
     return jax.tree.map(grow, theta), jax.tree.map(grow, consts)
 
 
-def distill_program(spec, settings, model, dataset, ipc: int, steps: int, mesh, cache_dir=None) -> Program:
-    """The run's jitted outer step, built as the driver builds it, compiled for `mesh` (or one device)."""
+def distill_program(spec, settings, model, dataset, ipc: int, steps: int, mesh, cache_dir=None,
+                    compile: bool = True) -> Program:
+    """The run's jitted outer step, built as the driver builds it, compiled for `mesh` (or one device);
+    compile=False: its FLOPs only."""
     hook = HOOKS.get(spec.name, Hook())
     ctx = methods.Context(settings, model, dataset, int(ipc), int(steps), 0, mesh, cache_dir)
     build = hook.build or spec.build
@@ -236,8 +245,8 @@ def distill_program(spec, settings, model, dataset, ipc: int, steps: int, mesh, 
     trips = expected_prefix(settings, hook.kind(settings))
     program = compiled_program(STEP, jitted, (state, batch, key), steps=steps,
                                devices=parallel.num_devices(mesh), dynamic_trips=trips,
-                               note=f"prefix loop counted at {trips:.1f} steps" if trips else "")
-    resident = dataset.x_train.size * 4 + dataset.y_train.size * 4 if hook.data_on_device else 0
+                               note=f"prefix loop counted at {trips:.1f} steps" if trips else "", compile=compile)
+    resident = dataset.x_train.size * 4 + dataset.y_train.size * 4 if hook.data_on_device and compile else 0
     return dataclasses.replace(program, resident_bytes=int(resident), peak_bytes=program.peak_bytes + int(resident))
 
 
@@ -287,3 +296,31 @@ def evaluation_program(protocol: dict, dataset, num_images: int, learned_lr=None
     steps = proto.num_steps(n, len(dataset.x_train))
     return compiled_program(f"evaluation: {k} x {proto.model} ({proto.name})", run, args, steps=steps, devices=1,
                             note=f"{steps} steps of {k} networks on {n} images")
+
+
+def expert_program(settings, dataset) -> Program:
+    """One epoch of a group of experts (`experts.train`'s jitted epoch, vmapped over the group, on the whole
+    training split kept on the device), compiled on one device. FLOPs are per expert-epoch; the steps are
+    experts × epochs; the peak is the group's (at most 8 experts at once, as `experts.train` groups them)."""
+    kw = experts.run_keywords(settings, 0)
+    expert_settings = experts.resolve_settings(dataset, **kw)
+    net = store.network(dict(image_shape=list(dataset.image_shape), num_classes=dataset.num_classes),
+                        expert_settings)
+    group = min(kw["num_experts"], experts_training.DEFAULT_GROUP_SIZE)
+    n, batch = len(dataset.y_train), expert_settings["batch_size"]
+    epoch = experts_training.epoch_fn(net, batch, expert_settings["augment"])
+    dtype = experts_training.compute_dtype()
+
+    def start():
+        keys = jax.random.split(jax.random.key(0), group)
+        params, state = jax.vmap(net.init)(keys)
+        return params, state, forgetting.init(n, (group,)), keys
+
+    sds = jax.ShapeDtypeStruct
+    args = (*jax.eval_shape(start), sds((n,) + tuple(dataset.image_shape), dtype), sds((n,), np.int32),
+            sds((), np.int32), sds((), dtype))
+    sgd_steps = -(-n // batch)
+    return compiled_program(f"experts: {group} x {expert_settings['model']}, one epoch", epoch, args,
+                            steps=kw["num_experts"] * kw["epochs"], devices=1, per_call=group,
+                            note=f"per expert-epoch ({sgd_steps} SGD steps of {batch}); steps: {kw['num_experts']} "
+                                 f"experts x {kw['epochs']} epochs; peak: {group} experts at once")

@@ -81,7 +81,8 @@ def row(program: planning.Program) -> dict:
     return dict(name=program.name, peak_bytes=program.peak_bytes, argument_bytes=program.argument_bytes,
                 output_bytes=program.output_bytes, temp_bytes=program.temp_bytes, alias_bytes=program.alias_bytes,
                 resident_bytes=program.resident_bytes, flops_per_step=program.flops, steps=program.steps,
-                total_flops=program.total_flops, devices=program.devices, compile_seconds=program.compile_seconds,
+                total_flops=program.total_flops, devices=program.devices, dynamic_loops=program.dynamic_loops,
+                compile_seconds=program.compile_seconds,
                 note=program.note, seconds={"present" if present is None else present.name: seconds(program, present),
                                             **{d.name: seconds(program, d) for d in DEVICES}},
                 fits={f"{size // GB}GB": program.peak_bytes <= size for size in FIT_SIZES})
@@ -106,9 +107,11 @@ def candidates(settings, devices: int, ipc: int = 1, num_classes: int = 1) -> li
     if hasattr(settings, "batch_syn"):  # trajectory matching: a class-balanced part of the set per inner step
         whole = ipc * num_classes
         current = settings.batch_syn or whole
+        tried = {current}
         for part in (2, 4, 8):
             smaller = max(num_classes, current // part // num_classes * num_classes)
-            if smaller < current:
+            if smaller < current and smaller not in tried:
+                tried.add(smaller)
                 out.append((f"--batch-syn {smaller} (synthetic images per inner step, of {whole})",
                             dict(batch_syn=smaller)))
     return out
@@ -116,10 +119,11 @@ def candidates(settings, devices: int, ipc: int = 1, num_classes: int = 1) -> li
 
 def plan(source: str, method: str, ipc: int = 1, *, published: bool = False, steps: int | None = None,
          devices: int | None = None, memory: int | None = None, overrides: dict | None = None,
-         evaluation: bool = True, advice_compiles: int = 3, log=lambda text: None) -> dict:
+         evaluation: bool = True, advice_compiles: int = 3, compile: bool = True, log=lambda text: None) -> dict:
     """The plan of a `jaxdd distill` run (same arguments) as a dict: the data set's facts, the resolved
     settings, one row per program (:func:`row`) and, where the step does not fit `memory` bytes per device,
-    the cheapest change that does (at most `advice_compiles` more compilations)."""
+    the cheapest change that does (at most `advice_compiles` more compilations). compile=False: the
+    distillation step's FLOPs only (traced, not compiled: no bytes, no other program, no advice)."""
     spec = methods.get(method)
     facts = data_facts(source)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
@@ -127,8 +131,13 @@ def plan(source: str, method: str, ipc: int = 1, *, published: bool = False, ste
     settings, ipc, dataset, steps = planning.resolve(source, facts, method, ipc, published=published, steps=steps,
                                                      overrides=overrides)
     log(f"compiling the {method} step for {dataset.num_classes} classes x IPC {ipc} of {facts.image_shape} images")
-    step = planning.distill_program(spec, settings, planning.run_model(settings, dataset), dataset, ipc, steps, mesh)
+    step = planning.distill_program(spec, settings, planning.run_model(settings, dataset), dataset, ipc, steps, mesh,
+                                    compile=compile)
     rows = [row(step)]
+    evaluation, memory = (evaluation, memory) if compile else (False, None)
+    if compile and planning.HOOKS.get(spec.name, planning.Hook()).experts and not getattr(settings, "experts", ""):
+        log(f"compiling the experts' training epoch ({settings.num_experts} x {settings.expert_train_epochs} epochs)")
+        rows.append(row(planning.expert_program(settings, dataset)))
     if evaluation:
         protocol = spec.evaluation(settings)
         log(f"compiling the evaluation networks' step ({protocol.get('protocol')})")

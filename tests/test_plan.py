@@ -1,18 +1,36 @@
 """`jaxdd plan`: FLOPs counted through loops, the data set's facts without its data, the step's memory
-from the compiled program, --memory advice and --json (small: digits, width 8, a few inner steps)."""
+from the compiled program, the experts' and evaluation networks' programs, --memory advice, --json and
+the device check's --tiny path (small: digits, width 4, depth 1, a few inner steps; four compilations
+in all, the other methods traced only)."""
 
 import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from jaxdd import planning, plans
+from benchmarks import device_check
+from jaxdd import experts, planning, plans
 from jaxdd.cli import main
 from jaxdd.data.facts import facts
+from jaxdd.experts import store
 
-SMALL = dict(width=8, unroll_steps=6, window=2, real_batch=64, eval_steps=10)
+TINY = device_check.TINY["rat-bptt"]  # the device check's --tiny row: one compilation serves both
+MTT = dict(width=4, depth=1, syn_steps=3, eval_steps=10, num_experts=3, expert_train_epochs=2, max_start_epoch=1,
+           expert_epochs=1)
+
+
+@pytest.fixture(scope="module")
+def rat():
+    return plans.plan("digits", "rat-bptt", 2, overrides=TINY, evaluation=False, devices=1)
+
+
+@pytest.fixture(scope="module")
+def mtt():
+    """MTT planned with every program, and 1 byte of memory: the advice's first change is compiled."""
+    return plans.plan("digits", "mtt", 2, overrides=MTT, devices=1, memory=1, advice_compiles=1)
 
 
 def test_flops_count_every_loop_trip():
@@ -40,50 +58,92 @@ def test_facts_without_data_and_zero_cost_stand_in():
     assert np.bincount(ds.y_train).min() == 450
 
 
-def test_plan_rat_bptt_numbers_and_json(capsys):
-    base = plans.plan("digits", "rat-bptt", 2, overrides=SMALL, evaluation=False)
-    step = base["programs"][0]
+def test_plan_rat_bptt_memory_and_flops(rat):
+    step = rat["programs"][0]
     assert step["peak_bytes"] == step["argument_bytes"] + step["output_bytes"] + step["temp_bytes"] \
         - step["alias_bytes"] + step["resident_bytes"]
-    n_train = 1437 - round(base["settings"]["val_fraction"] * 1437)
+    assert step["temp_bytes"] > 0 and step["argument_bytes"] > 0
+    n_train = 1437 - round(rat["settings"]["val_fraction"] * 1437)
     assert step["resident_bytes"] == n_train * 64 * 4 + n_train * 4  # the training split kept on the device
-    assert step["total_flops"] == step["flops_per_step"] * base["steps"]
-    # a longer window differentiates more steps: more FLOPs per step (prefix counted at its expectation)
-    longer = plans.plan("digits", "rat-bptt", 2, overrides=dict(SMALL, window=4), evaluation=False)
+    assert step["total_flops"] == step["flops_per_step"] * rat["steps"]
+    # the trace alone counts the same FLOPs; a longer window differentiates more steps: more FLOPs per step
+    traced = plans.plan("digits", "rat-bptt", 2, overrides=TINY, devices=1, compile=False)["programs"]
+    assert len(traced) == 1 and traced[0]["flops_per_step"] == step["flops_per_step"] and traced[0]["peak_bytes"] == 0
+    longer = plans.plan("digits", "rat-bptt", 2, overrides=dict(TINY, window=3), devices=1, compile=False)
     assert longer["programs"][0]["flops_per_step"] > step["flops_per_step"]
-    assert main(["plan", "--dataset", "digits", "--method", "rat-bptt", "--ipc", "2", "--no-eval", "--json",
-                 *[f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items()]]) == 0
+
+
+def test_cli_passes_the_options_and_prints_the_plan(rat, monkeypatch, capsys):
+    seen = {}
+
+    def fake_plan(source, method, ipc, **kwargs):
+        seen.update(kwargs, source=source, method=method, ipc=ipc)
+        return rat
+
+    monkeypatch.setattr(plans, "plan", fake_plan)
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
+    assert main(["plan", "--dataset", "digits", "--method", "rat-bptt", "--ipc", "2", "--devices", "1", "--no-eval",
+                 "--memory", "2GiB", "--json", *flags]) == 0
+    assert seen["overrides"] == TINY and seen["memory"] == 2 * 2**30 and seen["devices"] == 1
+    assert seen["evaluation"] is False and (seen["method"], seen["ipc"]) == ("rat-bptt", 2)
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert printed["programs"][0]["flops_per_step"] == step["flops_per_step"]
-    assert printed["programs"][0]["peak_bytes"] == step["peak_bytes"]
+    assert printed["programs"][0]["flops_per_step"] == rat["programs"][0]["flops_per_step"]
+    assert main(["plan", "--dataset", "digits", "--method", "rat-bptt", "--ipc", "2", *flags]) == 0
+    table = capsys.readouterr().out
+    assert "rat-bptt IPC 2 on digits" in table and "distillation step" in table and "H100 80GB" in table
 
 
-def test_plan_mtt_needs_no_experts_and_advice_fits():
-    result = plans.plan("digits", "mtt", 2, overrides=dict(width=8, syn_steps=4, eval_steps=10), memory=10**4)
-    step, evaluation = result["programs"]
+def test_plan_mtt_experts_evaluation_and_advice(mtt):
+    step, expert, evaluation = mtt["programs"]
     assert step["resident_bytes"] == 0 and step["flops_per_step"] > 0 and evaluation["steps"] == 10
-    assert result["fits"] is False and result["advice"]["found"] is False  # 10 kB fits nothing
+    # the experts: FLOPs per expert-epoch = one SGD gradient per training image; experts x epochs of them
+    assert expert["steps"] == 3 * 2 and expert["peak_bytes"] > 0
+    s = mtt["settings"]
+    kw = experts.run_keywords(planning.resolve("digits", facts("digits"), "mtt", 2, overrides=MTT)[0], 0)
+    n = 1437 - round(s["val_fraction"] * 1437)
+    net = store.network(dict(image_shape=[8, 8, 1], num_classes=10),
+                        experts.resolve_settings(planning.stand_in(facts("digits")), **kw))
+
+    def loss(params, state, x, y):
+        return optax.softmax_cross_entropy_with_integer_labels(net.apply(params, state, x, train=True)[0], y).mean()
+
+    params, state = net.init(jax.random.key(0))
+    one = planning.matmul_flops(jax.make_jaxpr(jax.grad(loss))(params, state, jnp.zeros((1, 8, 8, 1)),
+                                                               jnp.zeros((1,), jnp.int32)))[0]
+    assert expert["flops_per_step"] == pytest.approx(n * one, rel=1e-9)
+    # 1 byte fits nothing: the first change tried is half the synthetic batch, with a smaller step
+    assert mtt["fits"] is False and mtt["advice"]["found"] is False
+    tried = mtt["advice"]["tried"]
+    assert [t["overrides"] for t in tried] == [dict(batch_syn=10)]
+    assert tried[0]["peak_bytes"] < step["peak_bytes"] and tried[0]["flops_per_step"] < step["flops_per_step"]
 
 
-@pytest.mark.parametrize("method", ["boost", "selmatch", "at-bptt"])
-def test_plan_every_method_compiles(method):
-    extra = dict(block=1) if method == "boost" else dict(alpha=0.5, beta=0.0) if method == "selmatch" else {}
-    small = dict(width=8, eval_steps=10, **({"syn_steps": 3} if method == "selmatch" else
-                                            dict(unroll_steps=8, window=3, real_batch=64, delta=1)), **extra)
-    small.pop("delta", None) if method != "at-bptt" else None
-    result = plans.plan("digits", method, 2, overrides=small, evaluation=False)
-    assert result["programs"][0]["peak_bytes"] > 0 and result["programs"][0]["flops_per_step"] > 0
+def test_advice_candidates_are_distinct():
+    settings = planning.resolve("digits", facts("digits"), "mtt", 2, overrides=MTT)[0]
+    assert [c[1] for c in plans.candidates(settings, 1, 2, 10)] == [dict(batch_syn=10)]
+    assert [c[1] for c in plans.candidates(settings, 1, 40, 10)] == [dict(batch_syn=b) for b in (200, 100, 50)]
 
 
-def test_device_check_tiny_writes_every_row(tmp_path):
-    """benchmarks/device_check.py --tiny: the GPU script's code path on the CPU (rows and both numbers, not
-    their values)."""
-    from benchmarks import device_check
+def test_other_methods_traced(rat, mtt):
+    """Boost-DD at one block is its inner estimator's step; SelMatch's frozen rows cost no more than
+    MTT's step; AT-BPTT's step counts its prefix loop (traced only: the compilation is the same code)."""
+    def flops(method, **extra):
+        return plans.plan("digits", method, 2, overrides=extra, devices=1, compile=False)["programs"][0]
 
+    assert flops("boost", **TINY, block=2)["flops_per_step"] == rat["programs"][0]["flops_per_step"]
+    sel = flops("selmatch", **MTT, alpha=0.5, beta=0.0)
+    assert 0 < sel["flops_per_step"] <= mtt["programs"][0]["flops_per_step"]
+    at = flops("at-bptt", **TINY, delta=1)
+    assert at["flops_per_step"] > 0 and at["dynamic_loops"] == 1
+
+
+def test_device_check_tiny_writes_a_row(tmp_path):
+    """benchmarks/device_check.py --tiny: the GPU script's code path on the CPU (the row and both numbers,
+    not their values)."""
     out = tmp_path / "check"
-    assert device_check.main(["--tiny", "--methods", "rat-bptt,mtt", "--repeats", "1", "--out", str(out),
+    assert device_check.main(["--tiny", "--methods", "rat-bptt", "--repeats", "1", "--out", str(out),
                               "--cache-dir", str(tmp_path / "cache")]) == 0
     rows = json.loads((out / "device_check.json").read_text())["rows"]
-    assert [r["method"] for r in rows] == ["rat-bptt", "mtt"]
+    assert [r["method"] for r in rows] == ["rat-bptt"]
     assert all(r["planned_bytes"] > 0 and r["measured_bytes"] > 0 and r["seconds"] > 0 for r in rows)
-    assert (out / "device_check.md").read_text().count("\n") == 4
+    assert (out / "device_check.md").read_text().count("\n") == 3

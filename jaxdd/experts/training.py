@@ -332,9 +332,13 @@ def for_run(ctx) -> ExpertStore:
                 f"the experts in {s.experts} have {store.num_params} parameters but the run's network has "
                 f"{ctx.model.num_params}: use the experts' --width/--depth/--norm or other experts")
         return store
+    return ensure(ctx.dataset, cache_dir=ctx.cache_dir, mesh=ctx.mesh, **run_keywords(s, ctx.seed))
+
+
+def run_keywords(s, seed: int) -> dict:
+    """The keywords of :func:`train` for a matching run's settings (`jaxdd plan` plans the same experts)."""
     for name, flag in (("expert_train_epochs", "--expert-train-epochs"), ("expert_batch", "--expert-batch")):
         require_count(name, getattr(s, name), flag)
-    return ensure(ctx.dataset, cache_dir=ctx.cache_dir, mesh=ctx.mesh, num_experts=s.num_experts,
-                  epochs=s.expert_train_epochs, model=s.model, width=s.width or None, depth=s.depth or None,
-                  norm=s.norm or None, augment=s.expert_augment, dtype=s.expert_dtype, seed=ctx.seed,
-                  lr=s.expert_lr, batch_size=s.expert_batch)
+    return dict(num_experts=s.num_experts, epochs=s.expert_train_epochs, model=s.model, width=s.width or None,
+                depth=s.depth or None, norm=s.norm or None, augment=s.expert_augment, dtype=s.expert_dtype,
+                seed=seed, lr=s.expert_lr, batch_size=s.expert_batch)
