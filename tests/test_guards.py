@@ -94,6 +94,10 @@ CHEAP = [  # (argv after the command, message): one line, status 2, before any w
     (["scores", "--kind", "el2n", "--out", "@/afile.npz"], "--out @/afile.npz already exists: pass --overwrite"),
     (["scores", "--kind", "el2n", "--out", "@"], "give a file name ending in .npz"),
     (["scores", "--kind", "el2n", "--out", "@/afile.npz/x.npz"], "is a file, not a folder"),
+    (["experts", "--batch-size", "5000"], "--batch-size 5000 is larger than the training split (1437 images): use "
+                                          "--batch-size 1437 or less"),
+    (["distill", "--method", "mtt", "--expert-batch", "5000"], "--expert-batch 5000 is larger than the training split"),
+    (["experts", "--out", "@/afile/x"], "--out @/afile/x: @/afile is a file, not a folder"),
 ]
 
 

@@ -140,6 +140,13 @@ def _load_progress(path: Path, params, state):
         return _unflat_rows(f["params"], params), _unflat_rows(f["state"], state), forget, metrics
 
 
+def check_batch(dataset, batch_size: int, flag: str) -> None:
+    """One line, before any work, for a minibatch larger than the training split (an epoch needs one batch)."""
+    n = len(dataset.x_train)
+    require(batch_size <= n, f"{flag} {batch_size} is larger than the training split ({n} images): use {flag} {n} "
+                             f"or less")
+
+
 def resolve_settings(dataset, *, num_experts: int, epochs: int, model: str = "convnet", width: int | None = None,
                      depth: int | None = None, norm: str | None = None, lr: float = 0.01, batch_size: int = 256,
                      augment: str = "dsa", seed: int = 0, dtype: str = "float32") -> dict:
@@ -149,6 +156,7 @@ def resolve_settings(dataset, *, num_experts: int, epochs: int, model: str = "co
     require_count("num_experts", num_experts, "--experts")
     require_count("epochs", epochs, "--epochs")
     require_count("batch_size", batch_size, "--batch-size")
+    check_batch(dataset, batch_size, "--batch-size")
     require(isinstance(lr, (int, float)) and 0 < lr < math.inf, f"lr must be a positive number, got {lr!r}: use --lr")
     require(dtype in DTYPES, f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     augment_lib.strategy_ops(augment)  # validates the name
@@ -325,6 +333,7 @@ def for_run(ctx) -> ExpertStore:
         return store
     for name, flag in (("expert_train_epochs", "--expert-train-epochs"), ("expert_batch", "--expert-batch")):
         require_count(name, getattr(s, name), flag)
+    check_batch(ctx.dataset, s.expert_batch, "--expert-batch")
     return ensure(ctx.dataset, cache_dir=ctx.cache_dir, mesh=ctx.mesh, num_experts=s.num_experts,
                   epochs=s.expert_train_epochs, model=s.model, width=s.width or None, depth=s.depth or None,
                   norm=s.norm or None, augment=s.expert_augment, dtype=s.expert_dtype, seed=ctx.seed,
