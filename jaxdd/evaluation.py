@@ -175,6 +175,8 @@ def evaluate(images, labels, dataset, *, protocol: str | Protocol = "ratbptt", m
     With ``stacked``, the accuracies and their summaries run over all S·K networks (set-major) and
     ``accuracies_by_set`` [S][K] holds the final step's per set.
     """
+    require(dataset.num_classes >= 2, f"the data set has {dataset.num_classes} class: an accuracy needs at least 2 "
+                                      f"(with one, every guess is right); add class folders")
     proto = get_protocol(protocol)
     overrides = dict(model=model, width=width, depth=depth, norm=norm, steps=steps, num_models=num_models,
                      batch_size=batch_size, lr=lr, augment=augment, balanced=balanced,

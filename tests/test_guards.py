@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from jaxdd import lock, rundir
 from jaxdd.cli import main
@@ -98,6 +99,8 @@ CHEAP = [  # (argv after the command, message): one line, status 2, before any w
                                           "--batch-size 1437 or less"),
     (["distill", "--method", "mtt", "--expert-batch", "5000"], "--expert-batch 5000 is larger than the training split"),
     (["experts", "--out", "@/afile/x"], "--out @/afile/x: @/afile is a file, not a folder"),
+    (["evaluate", "--full-data", "--dataset", "@/oneclass", "--cache-dir", "@/oneclass/cache"],
+     "the data set has 1 class: an accuracy needs at least 2"),
 ]
 
 
@@ -109,12 +112,16 @@ def test_cheap_probe_cases_are_one_line(argv, message, tmp_path, capsys):
     (tmp_path / "run" / "settings.json").write_text("{}")
     _tiny_set(tmp_path / "nan.npz", images=np.full((10, 8, 8, 1), np.nan, np.float32))
     _tiny_set(tmp_path / "other.npz", class_names=[f"c{i}" for i in range(10)])
+    for split in ("train", "test"):  # a folder data set of one class
+        (tmp_path / "oneclass" / split / "cat").mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(np.full((8, 8, 3), 20 * i, np.uint8)).save(tmp_path / "oneclass" / split / "cat" / f"{i}.png")
     before = sorted(os.listdir(tmp_path))
     argv = [a.replace("@", str(tmp_path)) for a in argv]
     if argv[0] == "distill":  # the method's options first: the parser is built for the --method given
         argv = [*argv, "--dataset", "digits", "--ipc", "1", "--width", "4", "--depth", "1", "--devices", "1",
                 "--steps", "2", "--no-eval", "--no-progress", "--out", str(tmp_path / "new")]
-    else:
+    elif "--dataset" not in argv:
         argv = [*argv, "--dataset", "digits"]
     code, stdout, err = _cli(capsys, argv)
     message = message.replace("@", str(tmp_path))
