@@ -188,3 +188,18 @@ def test_the_stragglers_of_a_failed_write_print_nothing(tmp_path):
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     lines = proc.stdout.strip().splitlines()
     assert proc.returncode == 0 and len(lines) == 1 and "the disk or quota is full" in lines[0], proc.stdout
+
+
+def test_progress_in_a_piped_log_is_plain_lines(capsys):
+    """Long phases (evaluation here; experts use the same Bar) write plain lines, not tqdm's redrawn bars, when
+    stderr is not a terminal (a log file, a pipe, pytest's capture)."""
+    from jaxdd import data, evaluation
+
+    digits = data.load("digits")
+    images, labels = digits.x_train[:20], digits.y_train[:20]
+    evaluation.evaluate(images, labels, digits, protocol="quick", steps=40, num_models=1, width=4, depth=1,
+                        progress=True)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert "\r" not in err and len(lines) >= 2, err
+    assert lines[-1].startswith("training 1 × convnet: 40/40 steps (") and lines[-1].endswith(" s)"), lines

@@ -28,6 +28,7 @@ from jaxdd import models as models_lib
 from jaxdd import parallel, xla_options
 from jaxdd import scores as scores_lib
 from jaxdd import lock
+from jaxdd import progress as progress_lib
 from jaxdd.errors import require, require_count, warn
 from jaxdd.experts.store import (DTYPES, MANIFEST, ExpertStore, check_fingerprint, check_folder, damage, default_expert_dir,
                                  fingerprint, network, new_manifest, read_manifest, seal, storage_dtype, to_storage,
@@ -216,9 +217,7 @@ def train(dataset, *, num_experts: int, epochs: int, out_dir, model: str = "conv
     done = sum(g["epochs_done"] for g in manifest["groups"])
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, initial=done, desc=f"{num_experts} experts × {epochs} epochs", unit="epoch")
+        bar = progress_lib.Bar(total, f"{num_experts} experts × {epochs} epochs", "epoch", initial=done)
     try:
         for gi, group in enumerate(manifest["groups"]):
             if group["complete"]:  # a run stopped just before deleting the progress file
