@@ -203,3 +203,19 @@ def test_progress_in_a_piped_log_is_plain_lines(capsys):
     lines = err.strip().splitlines()
     assert "\r" not in err and len(lines) >= 2, err
     assert lines[-1].startswith("training 1 × convnet: 40/40 steps (") and lines[-1].endswith(" s)"), lines
+
+
+def test_class_names_the_font_lacks_are_one_warning(tmp_path):
+    """matplotlib warns once per missing character, per layout and per save; jaxdd folds them into one line."""
+    import warnings
+
+    from jaxdd import viz
+    from jaxdd.errors import JaxddWarning
+
+    names = ["\U000f0000", "\U000f0001", "cat"]  # private-use characters: no font has them
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        viz.image_grid(np.zeros((3, 8, 8, 1)), np.arange(3), names, tmp_path / "grid.png")
+    messages = [(w.category, str(w.message)) for w in caught]
+    assert len(messages) == 1 and messages[0][0] is JaxddWarning, messages
+    assert "\U000f0000 \U000f0001" in messages[0][1] and str(tmp_path / "grid.png") in messages[0][1]
