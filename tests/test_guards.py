@@ -219,3 +219,21 @@ def test_class_names_the_font_lacks_are_one_warning(tmp_path):
     messages = [(w.category, str(w.message)) for w in caught]
     assert len(messages) == 1 and messages[0][0] is JaxddWarning, messages
     assert "\U000f0000 \U000f0001" in messages[0][1] and str(tmp_path / "grid.png") in messages[0][1]
+
+
+def test_simulated_devices_get_a_pool_that_cannot_fill_with_waiting_collectives(monkeypatch):
+    """XLA's CPU pool is max(NPROC, devices) threads; with simulated devices jaxdd asks for 4 per device, so
+    waiting collectives cannot hold every thread (benchmarks/collective_deadlock.py); a given NPROC or
+    --threads is kept."""
+    from jaxdd import xla_options
+
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+    monkeypatch.delenv("NPROC", raising=False)
+    assert xla_options.configure_cpu(malloc=False) == {"NPROC": max(os.cpu_count(), 32)}
+    assert os.environ["NPROC"] == str(max(os.cpu_count(), 32))
+    monkeypatch.setenv("NPROC", "3")
+    assert xla_options.configure_cpu(malloc=False) == {} and os.environ["NPROC"] == "3"
+    assert xla_options.configure_cpu(threads=1, malloc=False) == {"NPROC": 1}
+    monkeypatch.setenv("XLA_FLAGS", "")
+    monkeypatch.delenv("NPROC")
+    assert xla_options.configure_cpu(malloc=False) == {} and "NPROC" not in os.environ
