@@ -158,9 +158,13 @@ def _reason(err: Exception, limit: int = 160) -> str:
 
 
 class _UnfinishedFilter(logging.Filter):
-    """Orbax's absl warning about an unfinished checkpoint it removes becomes one jaxdd warning."""
+    """Orbax's absl warning about an unfinished checkpoint it removes becomes one jaxdd warning; its errors
+    about a metadata file it cannot parse (a damaged checkpoint, logged once per reading) are dropped:
+    `restore_latest` says in one line which checkpoint could not be read and which one it resumes from."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("Failed to json parse"):
+            return False
         if "not finalized" in str(record.msg):
             where = record.args[0] if record.args else "left by a stopped run"
             warn(f"removed the unfinished checkpoint {where}")

@@ -237,3 +237,21 @@ def test_simulated_devices_get_a_pool_that_cannot_fill_with_waiting_collectives(
     monkeypatch.setenv("XLA_FLAGS", "")
     monkeypatch.delenv("NPROC")
     assert xla_options.configure_cpu(malloc=False) == {} and "NPROC" not in os.environ
+
+
+def test_a_damaged_checkpoint_is_one_warning_without_orbax_lines(tmp_path, capsys, caplog):
+    """Orbax logs 'Failed to json parse' (absl, several times) for a damaged metadata file; jaxdd's one line
+    saying what it resumes from is all the user sees."""
+    out = tmp_path / "run"
+    argv = ["distill", *TINY, "--steps", "4", "--checkpoint-every", "2", "--no-eval", "--out", out]
+    assert main([str(a) for a in argv]) == 0
+    for name in ("_CHECKPOINT_METADATA", "default/_METADATA"):
+        (out / "checkpoints" / "4" / name).write_text('{"bro')
+    capsys.readouterr()
+    code, _, err = _cli(capsys, [*argv[:-7], "--steps", "6", "--checkpoint-every", "2", "--no-eval", "--out", out,
+                                 "--resume"])
+    assert code == 0 and [line for line in err if "warning" in line or "ERROR" in line] == [
+        f"jaxdd: warning: checkpoint(s) at step 4 in {out / 'checkpoints'} could not be read (JSONDecodeError: "
+        f"Unterminated string starting at: line 1 column 2 (char 1)): resuming from step 2; the damaged ones are "
+        f"kept as <step>.damaged"], err
+    assert "Failed to json parse" not in caplog.text
