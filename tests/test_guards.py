@@ -255,3 +255,40 @@ def test_a_damaged_checkpoint_is_one_warning_without_orbax_lines(tmp_path, capsy
         f"Unterminated string starting at: line 1 column 2 (char 1)): resuming from step 2; the damaged ones are "
         f"kept as <step>.damaged"], err
     assert "Failed to json parse" not in caplog.text
+
+
+def test_a_damaged_archive_cache_is_rebuilt_with_one_warning(tmp_path):
+    """The decoded-archive cache records a checksum: a truncated file or arrays changed on disk are decoded
+    again (one warning each), never used."""
+    import warnings
+
+    from jaxdd.data import cache, folder
+
+    for split in ("train", "test"):
+        for c in ("ant", "bee"):
+            (tmp_path / "set" / split / c).mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(np.full((8, 8, 3), 30 * i + (c == "bee"), np.uint8)).save(
+                    tmp_path / "set" / split / c / f"{i}.png")
+    first = folder.load_folder_raw(tmp_path / "set", tmp_path / "cache")
+    (file,) = (tmp_path / "cache").glob("*.npz")
+
+    def reload():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            again = folder.load_folder_raw(tmp_path / "set", tmp_path / "cache")
+        assert all(np.array_equal(again[k], first[k]) for k in ("x_train", "y_train", "x_test", "y_test"))
+        return [str(w.message) for w in caught]
+
+    assert reload() == []  # a sound cache is read as it is
+    data = file.read_bytes()
+    file.write_bytes(data[: len(data) // 2])  # truncated
+    messages = reload()
+    assert len(messages) == 1 and "ignoring unreadable cache" in messages[0], messages
+    with np.load(file) as z:  # rebuilt: sound again
+        arrays = {k: z[k] for k in z.files}
+    arrays["x_train"][0, 0, 0, 0] += 1  # one pixel changed on disk, the recorded checksum kept
+    np.savez(file, **arrays)
+    messages = reload()
+    assert len(messages) == 1 and "does not match its checksum" in messages[0], messages
+    assert cache.read_cache(file) is not None  # rewritten
