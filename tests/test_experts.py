@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from jaxdd import cli, experts, parallel
+from jaxdd import cli, experts, lock, parallel
 from jaxdd.errors import JaxddError
 
 SMALL = dict(width=8, depth=2, batch_size=32, lr=0.05, augment="dsa", seed=3, group_size=2, progress=False)
@@ -86,7 +86,7 @@ def test_store_layout(reference, digits):
     net = store.model
     assert (store.num_experts, store.num_epochs, store.num_params, store.dtype) == (E, EPOCHS, net.num_params,
                                                                                  "float32")
-    files = sorted(os.listdir(store.path))
+    files = sorted(name for name in os.listdir(store.path) if name != lock.LOCK)  # the lock file stays, released
     assert files == ["forgetting.npz", "group_0000.forgetting.npy", "group_0000.npy", "group_0001.forgetting.npy",
                      "group_0001.npy", "manifest.json"]  # no progress files left
     raw = np.load(store.path / "group_0001.npy", mmap_mode="r")
