@@ -13,6 +13,7 @@ import errno
 import logging
 import os
 import shutil
+import sys
 
 import jax
 import orbax.checkpoint as ocp
@@ -49,6 +50,7 @@ def save(mgr: ocp.CheckpointManager, step: int, state) -> None:
         mgr.save(int(step), args=ocp.args.StandardSave(state), force=True)
         mgr.wait_until_finished()
     except Exception as err:  # noqa: BLE001 - Orbax / TensorStore raise many types for one failed write
+        _quiet_stragglers()
         directory = os.fspath(mgr.directory)
         try:
             mgr.close()  # its threads stop writing before their folder goes
@@ -113,6 +115,7 @@ def restore_latest(mgr: ocp.CheckpointManager, like):
         try:
             state = mgr.restore(step, args=ocp.args.StandardRestore(jax.tree.map(abstract, like_at(step))))
         except Exception as err:  # noqa: BLE001 - Orbax / TensorStore raise many types for damaged files
+            _quiet_stragglers()
             damaged.append((step, err))
             continue
         if damaged:
@@ -155,9 +158,13 @@ def _reason(err: Exception, limit: int = 160) -> str:
 
 
 class _UnfinishedFilter(logging.Filter):
-    """Orbax's absl warning about an unfinished checkpoint it removes becomes one jaxdd warning."""
+    """Orbax's absl warning about an unfinished checkpoint it removes becomes one jaxdd warning; its errors
+    about a metadata file it cannot parse (a damaged checkpoint, logged once per reading) are dropped:
+    `restore_latest` says in one line which checkpoint could not be read and which one it resumes from."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("Failed to json parse"):
+            return False
         if "not finalized" in str(record.msg):
             where = record.args[0] if record.args else "left by a stopped run"
             warn(f"removed the unfinished checkpoint {where}")
@@ -169,3 +176,28 @@ def _quiet_orbax() -> None:
     logger = logging.getLogger("absl")
     if not any(isinstance(f, _UnfinishedFilter) for f in logger.filters):
         logger.addFilter(_UnfinishedFilter())
+
+
+def _quiet_stragglers() -> None:
+    """Keep the stragglers of a failed Orbax write out of the terminal (installed once, after a failure).
+
+    Orbax runs each save in a fresh asyncio loop and closes it as soon as one TensorStore write fails (a
+    full disk); the writes still in flight finish later on TensorStore's threads, whose callback
+    (`loop.call_soon_threadsafe`) meets the closed loop: Python prints that RuntimeError as an
+    unraisable exception once per write (a page of tracebacks after jaxdd's one line), and asyncio logs
+    "Task was destroyed but it is pending!" for the tasks left waiting. Only those two are dropped;
+    every other unraisable exception goes to the previous hook.
+    """
+    if getattr(sys.unraisablehook, "jaxdd_closed_loop", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if not (unraisable.object is None and isinstance(unraisable.exc_value, RuntimeError)
+                and str(unraisable.exc_value) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.jaxdd_closed_loop = True
+    sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(
+        lambda record: not str(record.msg).startswith("Task was destroyed but it is pending"))

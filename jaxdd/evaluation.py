@@ -52,6 +52,7 @@ import numpy as np
 from jaxdd import augment as augment_lib
 from jaxdd import models as models_lib
 from jaxdd import parallel, synthetic, training
+from jaxdd import progress as progress_lib
 from jaxdd.errors import require, require_count
 from jaxdd.training import PROTOCOLS, Protocol, get_protocol
 
@@ -159,7 +160,7 @@ def evaluate(images, labels, dataset, *, protocol: str | Protocol = "ratbptt", m
     set's row_block (rows marked ``synthetic.FROZEN`` are real, selected images) or a bool [N] mask of
     them; they get the protocol's ``select_augment`` (SelMatch's combined augmentation); None: no such
     row. ``split``: "test" (report) or "val" (for choices; needs a dataset loaded with ``val_fraction >
-    0``). ``progress``: draw a tqdm bar on stderr. ``mesh``: a device mesh with a 'data' axis
+    0``). ``progress``: show progress on stderr (a bar on a terminal, lines elsewhere). ``mesh``: a device mesh with a 'data' axis
     (`jaxdd.parallel.make_mesh`); the K networks are split over it when K is a multiple of its size
     (each device trains K/n of them), else they all run on the first device. ``stacked``: images is
     [S, N, H, W, C], S sets sharing labels and rows (the draws of jaxdd/baseline.py), each trained by
@@ -175,6 +176,8 @@ def evaluate(images, labels, dataset, *, protocol: str | Protocol = "ratbptt", m
     With ``stacked``, the accuracies and their summaries run over all S·K networks (set-major) and
     ``accuracies_by_set`` [S][K] holds the final step's per set.
     """
+    require(dataset.num_classes >= 2, f"the data set has {dataset.num_classes} class: an accuracy needs at least 2 "
+                                      f"(with one, every guess is right); add class folders")
     proto = get_protocol(protocol)
     overrides = dict(model=model, width=width, depth=depth, norm=norm, steps=steps, num_models=num_models,
                      batch_size=batch_size, lr=lr, augment=augment, balanced=balanced,
@@ -274,9 +277,7 @@ def evaluate(images, labels, dataset, *, protocol: str | Protocol = "ratbptt", m
 
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, desc=f"training {k * sets} × {model_name}", unit="step", leave=False)
+        bar = progress_lib.Bar(total, f"training {k * sets} × {model_name}", "step", leave=False)
     try:
         if bounds[0] in marks:  # 0 steps
             record(bounds[0])

@@ -75,3 +75,39 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+class Bar:
+    """A long phase's progress (experts, evaluation): a tqdm bar when stderr is a terminal, else a plain line
+    ``desc: n/total unit (postfix, t s)`` every total // 20 and at the end, so a piped log stays readable.
+    The same calls as tqdm's: update(n), set_postfix(**values), close()."""
+
+    def __init__(self, total: int, desc: str, unit: str, *, initial: int = 0, leave: bool = True, stream=None):
+        self.stream = stream or sys.stderr
+        self.total, self.n, self.desc, self.unit = int(total), int(initial), desc, unit
+        self.every, self.postfix, self.t0, self.tqdm = max(1, self.total // LINES_PER_RUN), "", time.perf_counter(), None
+        if getattr(self.stream, "isatty", lambda: False)():
+            from tqdm.auto import tqdm  # optional at import time: only a terminal draws a bar
+
+            self.tqdm = tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=leave, file=self.stream,
+                             dynamic_ncols=True)
+
+    def set_postfix(self, **values) -> None:
+        if self.tqdm is not None:
+            self.tqdm.set_postfix(refresh=False, **values)
+        self.postfix = ", ".join(f"{k} {v}" for k, v in values.items())
+
+    def update(self, n: int = 1) -> None:
+        if self.tqdm is not None:
+            self.tqdm.update(n)
+            return
+        before, self.n = self.n, self.n + int(n)
+        if self.n // self.every > before // self.every or self.n >= self.total:
+            extra = f"{self.postfix}, " if self.postfix else ""
+            print(f"{self.desc}: {self.n}/{self.total} {self.unit}s ({extra}{time.perf_counter() - self.t0:.1f} s)",
+                  file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.tqdm is not None:
+            self.tqdm.close()
+            self.tqdm = None

@@ -2,30 +2,57 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 import numpy as np
+
+from jaxdd.errors import warn
 
 
 def image_grid(images, labels, class_names, path, *, preprocessing=None, max_per_class: int = 10,
                title: str | None = None) -> None:
     """Save a PNG grid of `images` (class-major), one row per class, un-whitened with `preprocessing`."""
-    fig = _grid_figure(images, labels, class_names, preprocessing, max_per_class, title)  # selects Agg
-    import matplotlib.pyplot as plt
+    with _missing_glyphs_folded(path):
+        fig = _grid_figure(images, labels, class_names, preprocessing, max_per_class, title)  # selects Agg
+        import matplotlib.pyplot as plt
 
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
 
 
 def grid_pixels(images, labels, class_names, *, preprocessing=None, max_per_class: int = 10,
                 title: str | None = None) -> np.ndarray:
     """The same grid as `image_grid`, as uint8 RGB pixels [H, W, 3] (for TensorBoard and W&B)."""
-    fig = _grid_figure(images, labels, class_names, preprocessing, max_per_class, title)  # selects Agg
-    import matplotlib.pyplot as plt
+    with _missing_glyphs_folded("the logged image grid"):
+        fig = _grid_figure(images, labels, class_names, preprocessing, max_per_class, title)  # selects Agg
+        import matplotlib.pyplot as plt
 
-    fig.set_dpi(80)
-    fig.canvas.draw()
-    pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(fig)
+        fig.set_dpi(80)
+        fig.canvas.draw()
+        pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+        plt.close(fig)
     return pixels
+
+
+@contextlib.contextmanager
+def _missing_glyphs_folded(where):
+    """matplotlib's 'Glyph N missing from font(s)' warnings (one per character, per layout and per save, for
+    class names in scripts its default font lacks) become one jaxdd warning naming the characters."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.filterwarnings("always", message="Glyph .* missing from font")
+        yield
+    missing = []
+    for w in caught:
+        text = str(w.message)
+        if text.startswith("Glyph ") and "missing from font" in text:
+            char = chr(int(text.split()[1]))
+            if char not in missing:
+                missing.append(char)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if missing:
+        warn(f"the plot font has no glyph for {' '.join(missing)} (class names): they show as boxes in {where}")
 
 
 def _grid_figure(images, labels, class_names, preprocessing, max_per_class, title):

@@ -61,16 +61,39 @@ def jit(fun=None, **kwargs):
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc mallopt parameters
 
+# Simulated CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=N) run their collectives on XLA's intra-op
+# pool, which XLA sizes max(NPROC or all cores, N): on a 2-core machine exactly N threads. A collective waits on its
+# pool thread for the other devices, and one device may start two independent collectives at once, so N waiting
+# threads can hold the whole pool while one device's collective has no thread to run on: a deadlock, which XLA's
+# rendezvous turns into an abort after 40 s (issue 29: the abort log shows 8 of 8 pool threads waiting, 7 in one
+# all-gather and 1 in an all-reduce of the same execution, and with the timeout raised a test hung 1200 s). A pool
+# several times N leaves threads free for the late device.
+THREADS_PER_SIMULATED_DEVICE = 4
+
+
+def simulated_devices() -> int:
+    """N of --xla_force_host_platform_device_count=N in XLA_FLAGS (1 when absent)."""
+    for flag in os.environ.get("XLA_FLAGS", "").split():
+        if flag.startswith("--xla_force_host_platform_device_count="):
+            try:
+                return int(flag.split("=", 1)[1])
+            except ValueError:
+                return 1
+    return 1
+
 
 def configure_cpu(threads: int | None = None, *, malloc: bool = True) -> dict:
     """Process settings for JAX on CPU; call before the first JAX computation. Returns what was set.
 
-    threads: size of XLA's CPU thread pool (None: leave XLA's default, all cores; the 1-thread
-    benchmarks use 1). malloc: on glibc, serve large allocations from the heap (mallopt
+    threads: size of XLA's CPU thread pool (None: leave XLA's default, all cores, or with N simulated devices
+    and no NPROC set, 4 N threads (THREADS_PER_SIMULATED_DEVICE); the 1-thread benchmarks use 1). malloc: on glibc, serve large allocations from the heap (mallopt
     M_MMAP_MAX = 0, M_TRIM_THRESHOLD = 1 GiB): peak memory is unchanged, freed memory is kept for
     reuse instead of being returned to the system after every step.
     """
     done = {}
+    simulated = simulated_devices()
+    if threads is None and simulated > 1 and "NPROC" not in os.environ:
+        threads = max(os.cpu_count() or 1, THREADS_PER_SIMULATED_DEVICE * simulated)
     if threads is not None:
         os.environ["NPROC"] = str(int(threads))
         done["NPROC"] = int(threads)

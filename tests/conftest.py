@@ -5,13 +5,18 @@ import subprocess
 import sys
 
 # 8 simulated devices. XLA's CPU collectives abort the process when a device's thread misses a rendezvous
-# for 40 s; under load that can be a real deadlock (two collectives waiting on each other, seen once in
-# issue 29's logs), so the timeout is left as it is and every multi-device test runs isolated (below).
+# for 40 s; under load that was a real deadlock (every thread of XLA's pool waiting in a collective, issue 29),
+# which jaxdd.xla_options.configure_cpu guards against with a pool of 4 threads per simulated device (before
+# JAX's CPU client exists); every multi-device test still runs isolated, so an abort would fail one test.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+
+from jaxdd import xla_options  # noqa: E402
+
+xla_options.configure_cpu(malloc=False)  # NPROC for the simulated devices (inherited by isolated tests' processes)
 
 CHILD = "JAXDD_TEST_CHILD"  # set in the fresh process that runs one isolated test
 ISOLATED_TIMEOUT = 600

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from jaxdd import cli, experts, parallel
+from jaxdd import cli, experts, lock, parallel
 from jaxdd.errors import JaxddError
 
 SMALL = dict(width=8, depth=2, batch_size=32, lr=0.05, augment="dsa", seed=3, group_size=2, progress=False)
@@ -86,10 +86,10 @@ def test_store_layout(reference, digits):
     net = store.model
     assert (store.num_experts, store.num_epochs, store.num_params, store.dtype) == (E, EPOCHS, net.num_params,
                                                                                  "float32")
-    files = sorted(os.listdir(store.path))
-    assert files == [".jaxdd.lock", "forgetting.npz", "group_0000.forgetting.npy", "group_0000.npy", "group_0001.forgetting.npy",
-                     "group_0001.npy", "manifest.json"]  # no progress files left; the lock released (empty)
-    assert (store.path / ".jaxdd.lock").read_text() == ""
+    files = sorted(name for name in os.listdir(store.path) if name != lock.LOCK)  # the lock file stays, released
+    assert files == ["forgetting.npz", "group_0000.forgetting.npy", "group_0000.npy", "group_0001.forgetting.npy",
+                     "group_0001.npy", "manifest.json"]  # no progress files left
+    assert (store.path / lock.LOCK).read_text() == ""
     raw = np.load(store.path / "group_0001.npy", mmap_mode="r")
     assert isinstance(raw, np.memmap) and raw.shape == (2, EPOCHS + 1, net.num_params) and raw.dtype == np.float32
     chex.assert_shape(store.snapshot(3, 1), (net.num_params,))

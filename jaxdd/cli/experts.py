@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from jaxdd import data, experts, parallel
+from jaxdd import data, experts, parallel, rundir
 from jaxdd import scores as scores_lib
 from jaxdd.cli.args import add_data_arguments, add_network_arguments, positive_float, positive_int
 from jaxdd.experts.store import check_folder, storage_dtype
@@ -58,6 +58,7 @@ def run(args) -> int:
     """``jaxdd experts``: train (or resume) the experts, print where they are and how they trained."""
     if args.out:
         check_folder(args.out)
+        rundir.check_writable(args.out)
     dataset = data.load(args.dataset, normalize=args.normalize or "standardize", cache_dir=args.cache_dir)
     settings = dict(num_experts=args.experts, epochs=args.epochs, model=args.model, width=args.width,
                     depth=args.depth, norm=args.norm, lr=args.lr, batch_size=args.batch_size, augment=args.augment,

@@ -11,7 +11,9 @@ byte.
 
 The decoded uint8 arrays are cached as an uncompressed ``.npz`` in ``cache_dir``, else
 ``$JAXDD_CACHE_DIR``, else ``~/.cache/jaxdd``, keyed by the absolute path, size and modification time
-(for a directory: of every file under it). A second load reads only the cache.
+(for a directory: of every file under it). A second load reads only the cache, after checking it: a file
+that cannot be read, whose sizes or labels disagree, or whose arrays do not match the SHA-256 it records is
+decoded again and rewritten, with one warning.
 """
 
 from __future__ import annotations
@@ -23,12 +25,12 @@ import queue
 import re
 import tarfile
 import threading
-import warnings
 import zipfile
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from jaxdd.data.cache import read_cache, write_cache
 from jaxdd.errors import JaxddError, one_line, require
 
 IMAGE_EXTENSIONS = frozenset(
@@ -36,7 +38,7 @@ IMAGE_EXTENSIONS = frozenset(
 )
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tbz2")
 ARCHIVE_SUFFIXES = TAR_SUFFIXES + (".zip",)
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the file records its checksum
 _LAYOUT = "put images in train/<class>/<image> and test/<class>/<image>"
 
 
@@ -381,33 +383,6 @@ def cache_path(path: str | os.PathLike, cache_dir: str | os.PathLike | None = No
     path = Path(path).expanduser()
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", _stem(path.resolve()))[:60] or "data"
     return default_cache_dir(cache_dir) / f"{safe}-{cache_key(path)[:24]}.npz"
-
-
-_KEYS = ("x_train", "y_train", "x_test", "y_test", "class_names", "name")
-
-
-def read_cache(file: Path) -> dict | None:
-    try:
-        with np.load(file, allow_pickle=False) as z:
-            return {k: z[k] for k in _KEYS}
-    except Exception as e:  # a torn or foreign file: decode again and overwrite it
-        warnings.warn(f"jaxdd: ignoring unreadable cache {file} ({one_line(e)}); decoding the images again")
-        return None
-
-
-def write_cache(file: Path, arrays: dict) -> None:
-    tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
-    try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, file)
-    except OSError as e:
-        warnings.warn(f"jaxdd: could not write the cache {file} ({one_line(e)}); set cache_dir or JAXDD_CACHE_DIR")
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
 
 
 def load_folder_raw(source: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> dict:

@@ -28,6 +28,7 @@ from jaxdd import models as models_lib
 from jaxdd import parallel, xla_options
 from jaxdd import scores as scores_lib
 from jaxdd import lock
+from jaxdd import progress as progress_lib
 from jaxdd.errors import require, require_count, warn
 from jaxdd.experts.store import (DTYPES, MANIFEST, ExpertStore, check_fingerprint, check_folder, damage, default_expert_dir,
                                  fingerprint, network, new_manifest, read_manifest, seal, storage_dtype, to_storage,
@@ -140,6 +141,13 @@ def _load_progress(path: Path, params, state):
         return _unflat_rows(f["params"], params), _unflat_rows(f["state"], state), forget, metrics
 
 
+def check_batch(dataset, batch_size: int, flag: str) -> None:
+    """One line, before any work, for a minibatch larger than the training split (an epoch needs one batch)."""
+    n = len(dataset.x_train)
+    require(batch_size <= n, f"{flag} {batch_size} is larger than the training split ({n} images): use {flag} {n} "
+                             f"or less")
+
+
 def resolve_settings(dataset, *, num_experts: int, epochs: int, model: str = "convnet", width: int | None = None,
                      depth: int | None = None, norm: str | None = None, lr: float = 0.01, batch_size: int = 256,
                      augment: str = "dsa", seed: int = 0, dtype: str = "float32") -> dict:
@@ -149,6 +157,7 @@ def resolve_settings(dataset, *, num_experts: int, epochs: int, model: str = "co
     require_count("num_experts", num_experts, "--experts")
     require_count("epochs", epochs, "--epochs")
     require_count("batch_size", batch_size, "--batch-size")
+    check_batch(dataset, batch_size, "--batch-size")
     require(isinstance(lr, (int, float)) and 0 < lr < math.inf, f"lr must be a positive number, got {lr!r}: use --lr")
     require(dtype in DTYPES, f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     augment_lib.strategy_ops(augment)  # validates the name
@@ -217,9 +226,7 @@ def _train_locked(dataset, out: Path, settings: dict, group_size, resume, progre
     done = sum(g["epochs_done"] for g in manifest["groups"])
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, initial=done, desc=f"{num_experts} experts × {epochs} epochs", unit="epoch")
+        bar = progress_lib.Bar(total, f"{num_experts} experts × {epochs} epochs", "epoch", initial=done)
     try:
         for gi, group in enumerate(manifest["groups"]):
             if group["complete"]:  # a run stopped just before deleting the progress file
@@ -332,6 +339,7 @@ def for_run(ctx) -> ExpertStore:
                 f"the experts in {s.experts} have {store.num_params} parameters but the run's network has "
                 f"{ctx.model.num_params}: use the experts' --width/--depth/--norm or other experts")
         return store
+    check_batch(ctx.dataset, s.expert_batch, "--expert-batch")
     return ensure(ctx.dataset, cache_dir=ctx.cache_dir, mesh=ctx.mesh, **run_keywords(s, ctx.seed))
 
 
