@@ -2,7 +2,8 @@
 
     nice -n 15 python -m benchmarks.accuracy --out /tmp/jaxdd-acc --sets /tmp/jaxdd-sets \
         [--only digits-ipc1 ...] [--jsonl benchmarks/results/accuracy_cpu.jsonl]
-    nice -n 15 python -m benchmarks.accuracy --check benchmarks/results/accuracy_cpu.jsonl [--only JOB ...]
+    nice -n 15 python -m benchmarks.accuracy --check benchmarks/results/accuracy_cpu.jsonl [--only JOB ...] \
+        [--jsonl NEW_ROWS.jsonl]
 
 Per job: `python -m jaxdd distill --dataset D --ipc N --steps S --json` (default settings unless the job
 adds options), timed; then `python -m jaxdd evaluate OUT/distilled.npz` (the protocol the set records) and
@@ -56,6 +57,9 @@ JOBS = {
                                      + (["--beta", "0"] if m == "selmatch" else []))
        for m in ("selmatch", "mtt") for s in (0, 1, 2)},
     "selmatch-digits-ipc50-selection-only": ("digits", 50, 0, ["--method", "selmatch", "--beta", "0"]),
+    # the README's other digits rows at IPC 10 (issue 27: every digits number is a row `--check` re-runs)
+    "mtt-digits-ipc10": ("digits", 10, 100, ["--method", "mtt"]),
+    "boost-digits-ipc10": ("digits", 10, None, ["--method", "boost", "--block", "2", "--block-steps", "200"]),
     # mtt on the CIFAR-10 archive at a CPU budget (issue 12): 2 experts x 3 epochs (shared by both IPCs), T+ 2, M 1
     **{f"mtt-cifar10-ipc{i}": ("{archive}", i, 100, MTT_CIFAR) for i in (1, 10)},
     # the CIFAR-10 goal of issue 10 (30 CPU-minutes) with mtt: the same experts, 1000 or 3000 matching steps
@@ -120,41 +124,66 @@ def provenance() -> dict:
 
 #: the rows `--check` re-runs: digits at IPC <= 10 (under two minutes each on 2 cores)
 CHECKED = [name for name, (dataset, ipc, _, _) in JOBS.items() if dataset == "digits" and ipc <= 10]
+#: jobs that are another job's seed 0 under its family's name (digits-ipc1 is RaT-BPTT, the default, at seed 0)
+SEED0 = {"digits-ipc1": "rat-bptt-digits-ipc1"}
+
+
+def family(job: str) -> str:
+    """The seeds' common name of a job ('-seedN' dropped), or the job itself when it has no seeds."""
+    return SEED0.get(job) or (job.rsplit("-seed", 1)[0] if "-seed" in job else job)
 
 
 def spread(rows: list[dict], job: str) -> tuple[float, float]:
-    """The recorded spread a re-run of `job` should fall in: over the seeds of its family (jobs named alike
-    but for '-seedN'), min - std to max + std of their distilled accuracy (std: over evaluation networks)."""
-    family = job.rsplit("-seed", 1)[0]
-    mates = [r for r in rows if r["job"] == job or r["job"].rsplit("-seed", 1)[0] == family and "-seed" in r["job"]]
-    latest = {r["job"]: r for r in mates}  # the newest row of each job
+    """The recorded spread a re-run of `job` should fall in: over the seeds of its family (the newest row of
+    each), min - std to max + std of their distilled accuracy (std: the largest over evaluation networks)."""
+    latest = {r["job"]: r for r in rows if family(r["job"]) == family(job)}  # the newest row of each job
     values = [r["distilled"] for r in latest.values()]
     std = max(r["distilled_std"] for r in latest.values())
     return min(values) - std, max(values) + std
 
 
-def check(jsonl: str, out: str, only) -> list[dict]:
+def check(jsonl: str, out: str, only, record=None) -> list[dict]:
     """Re-run every checked row (distill only, the printed accuracy) from a fresh expert cache; per row the
-    recorded number, the new one and whether it lies within the row's spread. Prints a Markdown table."""
+    recorded number (the newest row of the job), the new one and whether it lies within the row's spread.
+    Prints a Markdown table; `record`: append each new row (a results row: command, commit, date, machine)."""
     with open(jsonl) as f:
         rows = [json.loads(line) for line in f if line.strip()]
-    recorded = {r["job"]: r for r in rows}
+    recorded = {r["job"]: r for r in rows}  # the newest row of each job
     cache = tempfile.mkdtemp(prefix="jaxdd-check-cache-")
     result = []
-    print("| job | recorded | commit | new | spread | within |\n|---|---|---|---|---|---|", flush=True)
+    print("| job | recorded | recorded at | new ± networks | random real (5 draws) | gain | spread | within |\n"
+          "|---|---|---|---|---|---|---|---|", flush=True)
     for name in CHECKED:
-        if name not in recorded or (only and name not in only):
+        if only and name not in only:
             continue
         dataset, ipc, steps, extra = JOBS[name]
         cmd = ["distill", "--dataset", dataset, "--ipc", str(ipc), "--out", os.path.join(out, name), "--overwrite",
                "--cache-dir", cache, *extra] + (["--steps", str(steps)] if steps is not None else [])
-        summary, _, _ = _jaxdd(cmd)
-        new = round(100 * summary["accuracy_mean"], 2)
-        lo, hi = spread(rows, name)
-        row = dict(job=name, recorded=recorded[name]["distilled"], recorded_commit=recorded[name].get("commit"), new=new,
-                   spread=[round(lo, 2), round(hi, 2)], within=bool(lo <= new <= hi), **provenance())
-        print(f"| {name} | {row['recorded']:.2f} | {row['recorded_commit']} | {new:.2f} | {lo:.2f}–{hi:.2f} | "
-              f"{'yes' if row['within'] else 'NO'} |", flush=True)
+        load = " ".join(f"{v:.1f}" for v in os.getloadavg())  # 1/5/15-minute load averages as the row starts
+        summary, wall, cpu = _jaxdd(cmd)
+        old = recorded.get(name)
+        row = dict(job=name, command="jaxdd " + " ".join(cmd).replace(cache, "FRESH_CACHE"), steps=summary.get("steps"),
+                   distilled=round(100 * summary["accuracy_mean"], 2),
+                   distilled_std=round(100 * summary["accuracy_std"], 2),
+                   random_real_run=round(100 * summary["random_real_mean"], 2),
+                   random_real_mean=round(100 * summary["random_real_mean"], 2),
+                   random_real_draws=[round(100 * m, 2) for m in summary["random_real_draw_means"]],
+                   random_real_draws_std=round(100 * summary["random_real_draws_std"], 2),
+                   random_real_baseline=summary["random_real_baseline"], gain=round(100 * summary["gain"], 2),
+                   gain_interval=[round(100 * summary["gain_low"], 2), round(100 * summary["gain_high"], 2)],
+                   command_s=round(wall, 1), cpu_s=round(cpu, 1), load=load, check=True,
+                   recorded=old and old["distilled"], recorded_commit=old and old.get("commit"), **provenance())
+        if old:
+            lo, hi = spread(rows, name)
+            row.update(spread=[round(lo, 2), round(hi, 2)], within=bool(lo <= row["distilled"] <= hi))
+        print(f"| {name} | {'%.2f' % old['distilled'] if old else '–'} | {row['recorded_commit'] or '–'} | "
+              f"{row['distilled']:.2f} ± {row['distilled_std']:.2f} | {row['random_real_mean']:.2f} ± "
+              f"{row['random_real_draws_std']:.2f} | {row['gain']:+.2f} | "
+              + (f"{row['spread'][0]:.2f}–{row['spread'][1]:.2f} | {'yes' if row['within'] else 'NO'} |" if old
+                 else "– | no recorded row |"), flush=True)
+        if record:
+            with open(record, "a") as f:
+                f.write(json.dumps(row) + "\n")
         result.append(row)
     return result
 
@@ -166,10 +195,11 @@ def markdown(rows: list[dict]) -> str:
            "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cmd = r["command"].replace("/tmp/jaxdd-acc/", "OUT/")
-        out.append(f"| {r['job']} | `{cmd}` | {r['distilled']:.2f} ± {r['distilled_std']:.2f} | {r['evaluate_distilled']:.2f} "
+        out.append(f"| {r['job']} | `{cmd}` | {r['distilled']:.2f} ± {r['distilled_std']:.2f} | "
+                   f"{'%.2f' % r['evaluate_distilled'] if 'evaluate_distilled' in r else '–'} "
                    f"| {r['random_real_mean']:.2f} "
                    f"({', '.join(f'{v:.2f}' for v in r.get('random_real_draws', r.get('random_real_seeds', [])))}) "
-                   f"| {r['gain']:+.1f} | {r['distill_s']:.0f} | {r['cpu_s']:.0f} |")
+                   f"| {r['gain']:+.1f} | {'%.0f' % r['distill_s'] if r.get('distill_s') else '–'} | {r['cpu_s']:.0f} |")
     return "\n".join(out)
 
 
@@ -184,8 +214,8 @@ def main() -> None:
                                                      "from a fresh expert cache: recorded vs new, within the spread?")
     args = ap.parse_args()
     if args.check:
-        rows = check(args.check, args.out, args.only)
-        sys.exit(0 if all(r["within"] for r in rows) else 1)
+        rows = check(args.check, args.out, args.only, args.jsonl)
+        sys.exit(0 if all(r.get("within", True) for r in rows) else 1)
     if args.table:
         with open(args.table) as f:
             print(markdown([json.loads(line) for line in f if line.strip()]))
