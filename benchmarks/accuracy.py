@@ -148,6 +148,20 @@ def spread(rows: list[dict], job: str) -> tuple[float, float]:
     return min(values) - std, max(values) + std
 
 
+CHECK_HEADER = ("| job | recorded | recorded at | new ± networks | random real (5 draws) | gain | spread | within |\n"
+                "|---|---|---|---|---|---|---|---|")
+
+
+def check_line(row: dict) -> str:
+    """One Markdown row of the check table: recorded (commit), new ± networks, the run's random real, spread."""
+    rec = "–" if row["recorded"] is None else f"{row['recorded']:.2f}"
+    within = (f"{row['spread'][0]:.2f}–{row['spread'][1]:.2f} | {'yes' if row['within'] else 'NO'} |"
+              if "spread" in row else "– | no recorded row |")
+    return (f"| {row['job']} | {rec} | {row['recorded_commit'] or '–'} | {row['distilled']:.2f} ± "
+            f"{row['distilled_std']:.2f} | {row['random_real_mean']:.2f} ± {row['random_real_draws_std']:.2f} | "
+            f"{row['gain']:+.2f} | {within}")
+
+
 def check(jsonl: str, out: str, only, record=None) -> list[dict]:
     """Re-run every checked row (distill only, the printed accuracy) from a fresh expert cache; per row the
     recorded number (the newest row of the job), the new one and whether it lies within the row's spread.
@@ -157,8 +171,7 @@ def check(jsonl: str, out: str, only, record=None) -> list[dict]:
     recorded = {r["job"]: r for r in rows}  # the newest row of each job
     cache = tempfile.mkdtemp(prefix="jaxdd-check-cache-")
     result = []
-    print("| job | recorded | recorded at | new ± networks | random real (5 draws) | gain | spread | within |\n"
-          "|---|---|---|---|---|---|---|---|", flush=True)
+    print(CHECK_HEADER, flush=True)
     for name in only or CHECKED:  # --only may name any digits job, the IPC 50 ones too
         dataset, ipc, steps, extra = JOBS[name]
         cmd = ["distill", "--dataset", dataset, "--ipc", str(ipc), "--out", os.path.join(out, name), "--overwrite",
@@ -180,11 +193,7 @@ def check(jsonl: str, out: str, only, record=None) -> list[dict]:
         if old:
             lo, hi = spread(rows, name)
             row.update(spread=[round(lo, 2), round(hi, 2)], within=bool(lo <= row["distilled"] <= hi))
-        print(f"| {name} | {'%.2f' % old['distilled'] if old else '–'} | {row['recorded_commit'] or '–'} | "
-              f"{row['distilled']:.2f} ± {row['distilled_std']:.2f} | {row['random_real_mean']:.2f} ± "
-              f"{row['random_real_draws_std']:.2f} | {row['gain']:+.2f} | "
-              + (f"{row['spread'][0]:.2f}–{row['spread'][1]:.2f} | {'yes' if row['within'] else 'NO'} |" if old
-                 else "– | no recorded row |"), flush=True)
+        print(check_line(row), flush=True)
         if record:
             with open(record, "a") as f:
                 f.write(json.dumps(row) + "\n")
@@ -212,7 +221,7 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/jaxdd-acc", help="run folders go here (not committed)")
     ap.add_argument("--sets", default="/tmp/jaxdd-sets", help="where benchmarks/make_datasets.py wrote the sets")
     ap.add_argument("--only", nargs="*", help=f"jobs to run (default all): {', '.join(JOBS)}")
-    ap.add_argument("--jsonl", help="append each job's JSON line to this file")
+    ap.add_argument("--jsonl", help="append each job's JSON line to this file (with --check: each re-run's row)")
     ap.add_argument("--table", metavar="JSONL", help="only print the Markdown table of the rows in JSONL")
     ap.add_argument("--check", metavar="JSONL", help="re-run the digits rows recorded in JSONL (IPC <= 10, every method) "
                                                      "from a fresh expert cache: recorded vs new, within the spread?")
@@ -222,7 +231,10 @@ def main() -> None:
         sys.exit(0 if all(r.get("within", True) for r in rows) else 1)
     if args.table:
         with open(args.table) as f:
-            print(markdown([json.loads(line) for line in f if line.strip()]))
+            rows = [json.loads(line) for line in f if line.strip()]
+        print(markdown([r for r in rows if not r.get("check")]))
+        if any(r.get("check") for r in rows):  # rows `--check --jsonl` wrote
+            print("\n" + CHECK_HEADER + "\n" + "\n".join(check_line(r) for r in rows if r.get("check")))
         return
     table = []
     for name, (dataset, ipc, steps, extra) in JOBS.items():
