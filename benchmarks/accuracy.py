@@ -2,7 +2,8 @@
 
     nice -n 15 python -m benchmarks.accuracy --out /tmp/jaxdd-acc --sets /tmp/jaxdd-sets \
         [--only digits-ipc1 ...] [--jsonl benchmarks/results/accuracy_cpu.jsonl]
-    nice -n 15 python -m benchmarks.accuracy --check benchmarks/results/accuracy_cpu.jsonl [--only JOB ...]
+    nice -n 15 python -m benchmarks.accuracy --check benchmarks/results/accuracy_cpu.jsonl [--only JOB ...] \
+        [--jsonl NEW_ROWS.jsonl]
 
 Per job: `python -m jaxdd distill --dataset D --ipc N --steps S --json` (default settings unless the job
 adds options), timed; then `python -m jaxdd evaluate OUT/distilled.npz` (the protocol the set records) and
@@ -56,6 +57,14 @@ JOBS = {
                                      + (["--beta", "0"] if m == "selmatch" else []))
        for m in ("selmatch", "mtt") for s in (0, 1, 2)},
     "selmatch-digits-ipc50-selection-only": ("digits", 50, 0, ["--method", "selmatch", "--beta", "0"]),
+    # the README's other digits rows at IPC 10 (issue 27: every digits number is a row `--check` re-runs)
+    "mtt-digits-ipc10": ("digits", 10, 100, ["--method", "mtt"]),
+    # boost needs --steps = blocks x block steps: the preset's 600 stop after 3 of 5 blocks and the prefix
+    # table then fails at IPC 8 (measured 2026-12-05, commit 16dcda6)
+    "boost-digits-ipc10": ("digits", 10, 1000, ["--method", "boost", "--block", "2", "--block-steps", "200"]),
+    # RaT-BPTT directly at IPC 10 with boost's per-block budget (the README's "first 2 per class / all" row)
+    "digits-ipc10-200": ("digits", 10, 200, []),
+    "selmatch-digits-ipc50-100": ("digits", 50, 100, ["--method", "selmatch", "--beta", "0"]),
     # mtt on the CIFAR-10 archive at a CPU budget (issue 12): 2 experts x 3 epochs (shared by both IPCs), T+ 2, M 1
     **{f"mtt-cifar10-ipc{i}": ("{archive}", i, 100, MTT_CIFAR) for i in (1, 10)},
     # the CIFAR-10 goal of issue 10 (30 CPU-minutes) with mtt: the same experts, 1000 or 3000 matching steps
@@ -118,43 +127,76 @@ def provenance() -> dict:
                 machine=f"{os.cpu_count()}-core {platform.machine()} {platform.processor() or platform.system()}")
 
 
-#: the rows `--check` re-runs: digits at IPC <= 10 (under two minutes each on 2 cores)
-CHECKED = [name for name, (dataset, ipc, _, _) in JOBS.items() if dataset == "digits" and ipc <= 10]
+#: jobs that are another job's seed 0 under its family's name (digits-ipc1 is RaT-BPTT, the default, at seed 0)
+SEED0 = {"digits-ipc1": "rat-bptt-digits-ipc1"}
+#: the rows `--check` re-runs by default: digits at IPC <= 10 (under two minutes each on 2 cores), each command once
+CHECKED = [name for name, (dataset, ipc, _, _) in JOBS.items()
+           if dataset == "digits" and ipc <= 10 and name not in {f"{f}-seed0" for f in SEED0.values()}]
+
+
+def family(job: str) -> str:
+    """The seeds' common name of a job ('-seedN' dropped), or the job itself when it has no seeds."""
+    return SEED0.get(job) or (job.rsplit("-seed", 1)[0] if "-seed" in job else job)
 
 
 def spread(rows: list[dict], job: str) -> tuple[float, float]:
-    """The recorded spread a re-run of `job` should fall in: over the seeds of its family (jobs named alike
-    but for '-seedN'), min - std to max + std of their distilled accuracy (std: over evaluation networks)."""
-    family = job.rsplit("-seed", 1)[0]
-    mates = [r for r in rows if r["job"] == job or r["job"].rsplit("-seed", 1)[0] == family and "-seed" in r["job"]]
-    latest = {r["job"]: r for r in mates}  # the newest row of each job
+    """The recorded spread a re-run of `job` should fall in: over the seeds of its family (the newest row of
+    each), min - std to max + std of their distilled accuracy (std: the largest over evaluation networks)."""
+    latest = {r["job"]: r for r in rows if family(r["job"]) == family(job)}  # the newest row of each job
     values = [r["distilled"] for r in latest.values()]
     std = max(r["distilled_std"] for r in latest.values())
     return min(values) - std, max(values) + std
 
 
-def check(jsonl: str, out: str, only) -> list[dict]:
+CHECK_HEADER = ("| job | recorded | recorded at | new ± networks | random real (5 draws) | gain | spread | within |\n"
+                "|---|---|---|---|---|---|---|---|")
+
+
+def check_line(row: dict) -> str:
+    """One Markdown row of the check table: recorded (commit), new ± networks, the run's random real, spread."""
+    rec = "–" if row["recorded"] is None else f"{row['recorded']:.2f}"
+    within = (f"{row['spread'][0]:.2f}–{row['spread'][1]:.2f} | {'yes' if row['within'] else 'NO'} |"
+              if "spread" in row else "– | no recorded row |")
+    return (f"| {row['job']} | {rec} | {row['recorded_commit'] or '–'} | {row['distilled']:.2f} ± "
+            f"{row['distilled_std']:.2f} | {row['random_real_mean']:.2f} ± {row['random_real_draws_std']:.2f} | "
+            f"{row['gain']:+.2f} | {within}")
+
+
+def check(jsonl: str, out: str, only, record=None) -> list[dict]:
     """Re-run every checked row (distill only, the printed accuracy) from a fresh expert cache; per row the
-    recorded number, the new one and whether it lies within the row's spread. Prints a Markdown table."""
+    recorded number (the newest row of the job), the new one and whether it lies within the row's spread.
+    Prints a Markdown table; `record`: append each new row (a results row: command, commit, date, machine)."""
     with open(jsonl) as f:
         rows = [json.loads(line) for line in f if line.strip()]
-    recorded = {r["job"]: r for r in rows}
+    recorded = {r["job"]: r for r in rows}  # the newest row of each job
     cache = tempfile.mkdtemp(prefix="jaxdd-check-cache-")
     result = []
-    print("| job | recorded | commit | new | spread | within |\n|---|---|---|---|---|---|", flush=True)
-    for name in CHECKED:
-        if name not in recorded or (only and name not in only):
-            continue
+    print(CHECK_HEADER, flush=True)
+    for name in only or CHECKED:  # --only may name any digits job, the IPC 50 ones too
         dataset, ipc, steps, extra = JOBS[name]
         cmd = ["distill", "--dataset", dataset, "--ipc", str(ipc), "--out", os.path.join(out, name), "--overwrite",
                "--cache-dir", cache, *extra] + (["--steps", str(steps)] if steps is not None else [])
-        summary, _, _ = _jaxdd(cmd)
-        new = round(100 * summary["accuracy_mean"], 2)
-        lo, hi = spread(rows, name)
-        row = dict(job=name, recorded=recorded[name]["distilled"], recorded_commit=recorded[name].get("commit"), new=new,
-                   spread=[round(lo, 2), round(hi, 2)], within=bool(lo <= new <= hi), **provenance())
-        print(f"| {name} | {row['recorded']:.2f} | {row['recorded_commit']} | {new:.2f} | {lo:.2f}–{hi:.2f} | "
-              f"{'yes' if row['within'] else 'NO'} |", flush=True)
+        load = " ".join(f"{v:.1f}" for v in os.getloadavg())  # 1/5/15-minute load averages as the row starts
+        summary, wall, cpu = _jaxdd(cmd)
+        old = recorded.get(name)
+        row = dict(job=name, command="jaxdd " + " ".join(cmd).replace(cache, "FRESH_CACHE"), steps=summary.get("steps"),
+                   distilled=round(100 * summary["accuracy_mean"], 2),
+                   distilled_std=round(100 * summary["accuracy_std"], 2),
+                   random_real_run=round(100 * summary["random_real_mean"], 2),
+                   random_real_mean=round(100 * summary["random_real_mean"], 2),
+                   random_real_draws=[round(100 * m, 2) for m in summary["random_real_draw_means"]],
+                   random_real_draws_std=round(100 * summary["random_real_draws_std"], 2),
+                   random_real_baseline=summary["random_real_baseline"], gain=round(100 * summary["gain"], 2),
+                   gain_interval=[round(100 * summary["gain_low"], 2), round(100 * summary["gain_high"], 2)],
+                   command_s=round(wall, 1), cpu_s=round(cpu, 1), load=load, check=True,
+                   recorded=old and old["distilled"], recorded_commit=old and old.get("commit"), **provenance())
+        if old:
+            lo, hi = spread(rows, name)
+            row.update(spread=[round(lo, 2), round(hi, 2)], within=bool(lo <= row["distilled"] <= hi))
+        print(check_line(row), flush=True)
+        if record:
+            with open(record, "a") as f:
+                f.write(json.dumps(row) + "\n")
         result.append(row)
     return result
 
@@ -166,10 +208,11 @@ def markdown(rows: list[dict]) -> str:
            "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cmd = r["command"].replace("/tmp/jaxdd-acc/", "OUT/")
-        out.append(f"| {r['job']} | `{cmd}` | {r['distilled']:.2f} ± {r['distilled_std']:.2f} | {r['evaluate_distilled']:.2f} "
+        out.append(f"| {r['job']} | `{cmd}` | {r['distilled']:.2f} ± {r['distilled_std']:.2f} | "
+                   f"{'%.2f' % r['evaluate_distilled'] if 'evaluate_distilled' in r else '–'} "
                    f"| {r['random_real_mean']:.2f} "
                    f"({', '.join(f'{v:.2f}' for v in r.get('random_real_draws', r.get('random_real_seeds', [])))}) "
-                   f"| {r['gain']:+.1f} | {r['distill_s']:.0f} | {r['cpu_s']:.0f} |")
+                   f"| {r['gain']:+.1f} | {'%.0f' % r['distill_s'] if r.get('distill_s') else '–'} | {r['cpu_s']:.0f} |")
     return "\n".join(out)
 
 
@@ -178,17 +221,20 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/jaxdd-acc", help="run folders go here (not committed)")
     ap.add_argument("--sets", default="/tmp/jaxdd-sets", help="where benchmarks/make_datasets.py wrote the sets")
     ap.add_argument("--only", nargs="*", help=f"jobs to run (default all): {', '.join(JOBS)}")
-    ap.add_argument("--jsonl", help="append each job's JSON line to this file")
+    ap.add_argument("--jsonl", help="append each job's JSON line to this file (with --check: each re-run's row)")
     ap.add_argument("--table", metavar="JSONL", help="only print the Markdown table of the rows in JSONL")
     ap.add_argument("--check", metavar="JSONL", help="re-run the digits rows recorded in JSONL (IPC <= 10, every method) "
                                                      "from a fresh expert cache: recorded vs new, within the spread?")
     args = ap.parse_args()
     if args.check:
-        rows = check(args.check, args.out, args.only)
-        sys.exit(0 if all(r["within"] for r in rows) else 1)
+        rows = check(args.check, args.out, args.only, args.jsonl)
+        sys.exit(0 if all(r.get("within", True) for r in rows) else 1)
     if args.table:
         with open(args.table) as f:
-            print(markdown([json.loads(line) for line in f if line.strip()]))
+            rows = [json.loads(line) for line in f if line.strip()]
+        print(markdown([r for r in rows if not r.get("check")]))
+        if any(r.get("check") for r in rows):  # rows `--check --jsonl` wrote
+            print("\n" + CHECK_HEADER + "\n" + "\n".join(check_line(r) for r in rows if r.get("check")))
         return
     table = []
     for name, (dataset, ipc, steps, extra) in JOBS.items():
