@@ -402,8 +402,11 @@ def _final_evaluation(run: Run, arrays: dict, result: DistillResult, report: Pro
                       random_real_baseline=result.baseline["baseline"])
     if run.method.report is not None:
         report.detail("scoring the method's extra report")
-        result.report = run.method.report(arrays, lambda images, labels: evaluate_set(
-            run, {"images": images, "labels": labels}, split="test"))
+        result.report = run.method.report(
+            arrays, lambda images, labels: evaluate_set(run, {"images": images, "labels": labels}, split="test"),
+            lambda ipc: baseline.random_real(run.dataset, ipc, draws=draws, seed=run.seed, split="test",
+                                             mesh=run.mesh, learned_lr=arrays.get("lr"),
+                                             **run.spec.evaluation(run.settings)))
         if write:
             rundir.write_report(run.out, result.report)
     if write:

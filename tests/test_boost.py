@@ -66,6 +66,10 @@ def test_boost_cli_writes_the_prefix_table(tmp_path, capsys):
     assert code == 0, capsys.readouterr()
     report = json.loads((tmp_path / "cli" / "report.json").read_text())
     assert [row["ipc"] for row in report["prefix_table"]] == [1, 2]
+    # the full prefix's random real is the run's own baseline (its 5 draws), not a draw of its own
+    settings = json.loads(str(np.load(tmp_path / "cli" / "distilled.npz")["settings"]))
+    np.testing.assert_allclose(report["prefix_table"][-1]["random_real_mean"], settings["random_real_accuracy"],
+                               rtol=1e-6)
     assert (tmp_path / "cli" / "report.png").stat().st_size > 1000
     assert main(["evaluate", str(tmp_path / "cli" / "distilled.npz"), "--prefix-ipc", "1", "--json",
                  "--no-progress"]) == 0

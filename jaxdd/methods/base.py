@@ -44,9 +44,10 @@ class Method(NamedTuple):
     a function of (n, key) alone so resumed runs see the same batches. batch_sharding: 'data' (every
     leaf split along its first axis over the mesh) or None (replicated). finalize(state) -> dict of
     arrays for distilled.npz. grow(state, n) -> state: optional host-side hook before step n (a set that
-    grows, as Boost-DD's); it must be deterministic in (state, n). report(arrays, score) -> dict: optional
-    extra results after the final evaluation, where score(images, labels) evaluates any set under the
-    run's protocol (Boost-DD's table of every prefix); written to report.json. members: for tests.
+    grows, as Boost-DD's); it must be deterministic in (state, n). report(arrays, score, real) -> dict:
+    optional extra results after the final evaluation, where score(images, labels) evaluates any set under
+    the run's protocol and real(ipc) is the run's random-real baseline at another IPC (the same draws and
+    protocol as the final one; Boost-DD's table of every prefix); written to report.json. members: for tests.
     curriculum: optional, what the plateau rule (jaxdd/stopping.py) moves on at a plateau.
     """
 

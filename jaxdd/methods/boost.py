@@ -134,14 +134,14 @@ def build(ctx):
         opt_state = carry_over(state.opt_state, bptt.outer_optimizer(s, theta, rates).init(theta))
         return dataclasses.replace(state, theta=theta, consts=consts, opt_state=opt_state)
 
-    def report(arrays, score):
-        """Test accuracy of every prefix of blocks beside random real images of the same size."""
+    def report(arrays, score, real):
+        """Test accuracy of every prefix of blocks beside random real images of the same size (the run's
+        baseline: its draws and protocol)."""
         rows = []
         for j in range(1, num_blocks + 1):
             k = j * s.block
             images, labels = prefix_ipc(arrays["images"], arrays["labels"], k, C)
-            real, real_labels = initial_set(ctx.dataset, k, "real", jax.random.key(ctx.seed + k))
-            d, b = score(images, labels), score(real, real_labels)
+            d, b = score(images, labels), real(k)
             rows.append(dict(ipc=k, blocks=j, distilled_mean=d["accuracy_mean"], distilled_std=d["accuracy_std"],
                              random_real_mean=b["accuracy_mean"], random_real_std=b["accuracy_std"]))
             ctx.log(f"boost prefix IPC {k} ({j} block{'s' * (j > 1)}): distilled {100 * d['accuracy_mean']:.2f} "

@@ -152,7 +152,7 @@ def build(ctx):
     def finalize(state):
         return dict(default_finalize(state), selected_index=index, beta=np.float32(beta))
 
-    def report(arrays, score):
+    def report(arrays, score, real):
         return {"beta": beta, "beta_reading": s.beta_reading, "beta_scan": curve,
                 "alpha": s.alpha, "distilled_rows_per_class": int((row_block == 0).sum() // C)}
 
