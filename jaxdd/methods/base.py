@@ -83,6 +83,7 @@ class Context:
     mesh: Any = None
     cache_dir: Any = None
     log: Callable[[str], None] = lambda text: None  # progress messages (the driver's progress lines)
+    final_eval: bool = True  # the finished set is scored at `ipc` (a method whose set grows must reach it)
 
     @property
     def num_classes(self) -> int:

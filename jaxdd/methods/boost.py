@@ -90,7 +90,7 @@ def build(ctx):
     num_blocks = ctx.ipc // s.block
     per_block = s.block_steps or max(1, ctx.steps // num_blocks)
     need = per_block * (num_blocks - 1) + 1  # the last block starts at step per_block·(blocks − 1)
-    require(not s.block_steps or ctx.steps >= need,
+    require(not (s.block_steps and ctx.final_eval) or ctx.steps >= need,
             f"--block-steps {s.block_steps} over {num_blocks} blocks (IPC {ctx.ipc} / --block {s.block}) needs "
             f"--steps >= {need} for the last block to start, got {ctx.steps}: give --steps "
             f"{per_block * num_blocks} or a smaller --block-steps")
