@@ -55,12 +55,7 @@ def add_parser(subparsers, method: str = "rat-bptt") -> argparse.ArgumentParser:
         epilog=DISTILL_EPILOG + "\nmethods:\n" + listing + "\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    spec = methods.get(method) if method in methods.available() else methods.get("rat-bptt")
-    p.add_argument("--method", default="rat-bptt", metavar="METHOD",
-                   help=f"one of: {', '.join(methods.available())} (default rat-bptt; see below)")
-    p.add_argument("--ipc", type=positive_int, default=1, metavar="N", help="synthetic images per class (default 1)")
-    p.add_argument("--steps", type=nonnegative_int, default=None, metavar="N",
-                   help="outer (meta) steps in total, counting those of a resumed run (default: the preset's)")
+    spec = add_method_arguments(p, method, "; see below", ", counting those of a resumed run")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="output directory (default runs/DATASET-METHOD-ipcN)")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of everything random in the run (default 0)")
@@ -95,6 +90,18 @@ def add_parser(subparsers, method: str = "rat-bptt") -> argparse.ArgumentParser:
                      help="with --log: an image grid every N steps (default: steps/10) and at the last step")
     p.set_defaults(func=run, settings_type=spec.settings)
     return p
+
+
+def add_method_arguments(p: argparse.ArgumentParser, method: str, method_note: str = "", steps_note: str = ""):
+    """--method, --ipc and --steps (shared by distill and plan); returns the spec of ``method`` (its settings
+    become options), rat-bptt's for an unknown name (the parser refuses it later)."""
+    spec = methods.get(method) if method in methods.available() else methods.get("rat-bptt")
+    p.add_argument("--method", default="rat-bptt", metavar="METHOD",
+                   help=f"one of: {', '.join(methods.available())} (default rat-bptt{method_note})")
+    p.add_argument("--ipc", type=positive_int, default=1, metavar="N", help="synthetic images per class (default 1)")
+    p.add_argument("--steps", type=nonnegative_int, default=None, metavar="N",
+                   help=f"outer (meta) steps in total{steps_note} (default: the preset's)")
+    return spec
 
 
 def add_settings_arguments(p: argparse.ArgumentParser, spec) -> None:

@@ -6,9 +6,9 @@ import argparse
 import json
 import sys
 
-from jaxdd import methods, plans, presets
-from jaxdd.cli.args import add_data_arguments, nonnegative_int, positive_int
-from jaxdd.cli.distill import add_settings_arguments
+from jaxdd import plans, presets
+from jaxdd.cli.args import add_data_arguments, positive_int
+from jaxdd.cli.distill import add_method_arguments, add_settings_arguments
 
 PLAN_EPILOG = """\
 examples:
@@ -35,12 +35,7 @@ def add_parser(subparsers, method: str = "rat-bptt") -> argparse.ArgumentParser:
                     "FLOPs and the time on this machine and on named GPUs, for the distillation step and the "
                     "evaluation networks; with --memory, the cheapest change that fits.",
         epilog=PLAN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    spec = methods.get(method) if method in methods.available() else methods.get("rat-bptt")
-    p.add_argument("--method", default="rat-bptt", metavar="METHOD",
-                   help=f"one of: {', '.join(methods.available())} (default rat-bptt)")
-    p.add_argument("--ipc", type=positive_int, default=1, metavar="N", help="synthetic images per class (default 1)")
-    p.add_argument("--steps", type=nonnegative_int, default=None, metavar="N",
-                   help="outer (meta) steps in total (default: the preset's)")
+    spec = add_method_arguments(p, method)
     p.add_argument("--published", action="store_true",
                    help="the paper's settings for this data set and IPC"
                         + (f"; {presets.published_help(spec.name)}" if spec.presets.published else ""))
