@@ -16,7 +16,9 @@ import time
 
 from jaxdd import methods, plans
 
-SOURCES = {"cifar10": "tfds:cifar10", "cifar100": "tfds:cifar100", "tiny_imagenet": "tfds:tiny_imagenet"}
+SOURCES = {"cifar10": "tfds:cifar10", "cifar100": "tfds:cifar100", "tiny_imagenet": "tfds:tiny_imagenet",
+           **{name: name for name in ("imagenette", "imagewoof", "imagefruit", "imagemeow", "imagesquawk",
+                                      "imageyellow")}}  # the ImageNet subsets: a folder of that name
 # beside the published rows: AT-BPTT's low-rank backward at the CIFAR-10 IPC 10 setting
 EXTRA = [("at-bptt", "cifar10", 10, dict(lowrank=k)) for k in (5, 20)] + \
         [("at-bptt", "cifar10", 10, dict(lowrank=20, lowrank_source="shared"))]

@@ -72,7 +72,6 @@ class Run:
 def _load(dataset, seed: int, cache_dir=None):
     """load(settings) -> Dataset for `presets.resolve_run`: a source is loaded with the settings'
     normalisation and validation split; a Dataset given as is gets its validation split if it lacks one."""
-
     def load(settings):
         if isinstance(dataset, (str, os.PathLike)):
             return data.load(dataset, normalize=settings.normalize, val_fraction=settings.val_fraction, seed=seed,
@@ -90,8 +89,7 @@ def prepare(dataset="digits", method: str = "rat-bptt", ipc: int = 1, steps: int
             **overrides) -> Run:
     """Resolve settings, check every input, load the data, build the method and its state (restored
     from out/checkpoints with `resume`). Nothing is written before every check has passed. log(text):
-    where the method's progress messages go (default: nowhere); final_eval: whether `finish` will score the
-    set at `ipc` (a method whose set grows must then reach it)."""
+    where the method's progress messages go (default: nowhere); final_eval: `finish` will score the set at ipc."""
     spec = methods.get(method)
     require(not (resume and overwrite), "--resume and --overwrite contradict each other: --resume continues the "
                                         "run in --out, --overwrite replaces it; pass one of them")
@@ -394,9 +392,9 @@ def _final_evaluation(run: Run, arrays: dict, result: DistillResult, report: Pro
     result.evaluation = evaluate_set(run, arrays, split="test", progress=report.bar_on)
     report.detail(f"distilled set: test accuracy {100 * result.evaluation['accuracy_mean']:.2f} %; scoring random "
                 f"real images of the same size, {draws} draws ({what} each)")
-    result.baseline = baseline.random_real(run.dataset, run.record["ipc"], draws=draws, seed=run.seed, split="test",
-                                           mesh=run.mesh, progress=report.bar_on, learned_lr=arrays.get("lr"),
-                                           **run.spec.evaluation(run.settings))
+    real = lambda ipc, **kw: baseline.random_real(run.dataset, ipc, draws=draws, seed=run.seed, split="test",  # noqa: E731
+                                                  mesh=run.mesh, learned_lr=arrays.get("lr"), **protocol, **kw)
+    result.baseline = real(run.record["ipc"], progress=report.bar_on)
     report.detail(f"random real images: test accuracy {baseline.describe(result.baseline)}")
     warn_if_not_better(result.evaluation, result.baseline, run.out)
     run.record = dict(run.record, test_accuracy=result.evaluation["accuracy_mean"],
@@ -404,11 +402,8 @@ def _final_evaluation(run: Run, arrays: dict, result: DistillResult, report: Pro
                       random_real_baseline=result.baseline["baseline"])
     if run.method.report is not None:
         report.detail("scoring the method's extra report")
-        result.report = run.method.report(
-            arrays, lambda images, labels: evaluate_set(run, {"images": images, "labels": labels}, split="test"),
-            lambda ipc: baseline.random_real(run.dataset, ipc, draws=draws, seed=run.seed, split="test",
-                                             mesh=run.mesh, learned_lr=arrays.get("lr"),
-                                             **run.spec.evaluation(run.settings)))
+        result.report = run.method.report(arrays, lambda images, labels: evaluate_set(
+            run, {"images": images, "labels": labels}, split="test"), real)
         if write:
             rundir.write_report(run.out, result.report)
     if write:
