@@ -111,16 +111,22 @@ def default_grad_map(model: Model) -> GradMap:
     return jax.grad(loss_fn, has_aux=True)
 
 
+def _chunk_position(t, cfg: InnerConfig):
+    """(set size n, chunks per pass, first row of step t's chunk in the pass's shuffled list): chunks taken
+    from the end, as the authors pop them; the last one short when cfg.chunk does not divide n."""
+    n = cfg.ipc * cfg.num_classes
+    per = -(-n // cfg.chunk)
+    return n, per, (per - 1 - t % per) * cfg.chunk
+
+
 def chunk_batch(chunk_key, t, cfg: InnerConfig):
     """Rows of inner step t under MTT's authors' sampler: the whole set shuffled (from `chunk_key`, the
     outer step's), cut into chunks of cfg.chunk taken in turn without replacement, reshuffled when used
     up; not class-balanced. Chunks are taken from the end of the shuffled list, as the authors pop them,
     so where cfg.chunk does not divide the set the short chunk comes first in each pass; its rows are
     padded to cfg.chunk with rows of the next chunk (`chunk_weights` gives them weight 0)."""
-    n = cfg.ipc * cfg.num_classes
-    per = -(-n // cfg.chunk)  # chunks in one pass over the set, the last one short when chunk does not divide n
+    n, per, start = _chunk_position(t, cfg)
     perm = jax.random.permutation(jax.random.fold_in(chunk_key, t // per), n)
-    start = (per - 1 - t % per) * cfg.chunk
     padded = jnp.concatenate([perm, perm[:cfg.chunk]])  # a short chunk's padding: valid rows, weight 0
     return jax.lax.dynamic_slice(padded, (start,), (cfg.chunk,))
 
@@ -128,9 +134,8 @@ def chunk_batch(chunk_key, t, cfg: InnerConfig):
 def chunk_weights(t, cfg: InnerConfig):
     """Per-row loss weights of `chunk_batch`'s rows at step t, scaled so that the weighted mean over the
     padded chunk is the plain mean over its valid rows (all ones when cfg.chunk divides the set)."""
-    n = cfg.ipc * cfg.num_classes
-    per = -(-n // cfg.chunk)
-    valid = jnp.minimum(cfg.chunk, n - (per - 1 - t % per) * cfg.chunk)
+    n, _, start = _chunk_position(t, cfg)
+    valid = jnp.minimum(cfg.chunk, n - start)
     return (jnp.arange(cfg.chunk) < valid) * (cfg.chunk / valid)
 
 
