@@ -64,8 +64,8 @@ def measure(source, method, ipc, overrides, *, published: bool, repeats: int, ca
         t0 = time.perf_counter()
         state, _ = jax.block_until_ready(compiled(state, batch, k_step))
         times.append(time.perf_counter() - t0)
-    if cpu:
-        measured = dict(peak_kind="rise of resident memory", measured_bytes=_status("VmHWM") - resident)
+    if cpu:  # 0 when the step fits in memory the process already holds
+        measured = dict(peak_kind="rise of resident memory", measured_bytes=max(0, _status("VmHWM") - resident))
     else:
         measured = dict(peak_kind="peak_bytes_in_use", measured_bytes=int(device.memory_stats()["peak_bytes_in_use"]))
     return dict(seconds=statistics.median(times), times=times, device=device.device_kind, **measured)

@@ -46,11 +46,11 @@ def save(mgr: ocp.CheckpointManager, step: int, state) -> None:
     absl = logging.getLogger("absl")
     level = absl.level
     absl.setLevel(logging.CRITICAL)  # a failed write is one jaxdd line, not Orbax's threads' tracebacks
+    _quiet_stragglers()  # before the write: its stragglers may print while the save is still failing
     try:
         mgr.save(int(step), args=ocp.args.StandardSave(state), force=True)
         mgr.wait_until_finished()
     except Exception as err:  # noqa: BLE001 - Orbax / TensorStore raise many types for one failed write
-        _quiet_stragglers()
         directory = os.fspath(mgr.directory)
         try:
             mgr.close()  # its threads stop writing before their folder goes
@@ -179,14 +179,16 @@ def _quiet_orbax() -> None:
 
 
 def _quiet_stragglers() -> None:
-    """Keep the stragglers of a failed Orbax write out of the terminal (installed once, after a failure).
+    """Keep the stragglers of a failed Orbax write out of the terminal (installed once, before the first
+    write or read: they can print before the failure reaches `save`).
 
     Orbax runs each save in a fresh asyncio loop and closes it as soon as one TensorStore write fails (a
     full disk); the writes still in flight finish later on TensorStore's threads, whose callback
     (`loop.call_soon_threadsafe`) meets the closed loop: Python prints that RuntimeError as an
-    unraisable exception once per write (a page of tracebacks after jaxdd's one line), and asyncio logs
-    "Task was destroyed but it is pending!" for the tasks left waiting. Only those two are dropped;
-    every other unraisable exception goes to the previous hook.
+    unraisable exception once per write (a page of tracebacks around jaxdd's one line), and asyncio logs
+    "Task was destroyed but it is pending!" for the tasks left waiting and "Task exception was never
+    retrieved" for Orbax's other failed writes. Only those are dropped; every other unraisable exception
+    goes to the previous hook and every other asyncio record is logged.
     """
     if getattr(sys.unraisablehook, "jaxdd_closed_loop", False):
         return
@@ -199,5 +201,6 @@ def _quiet_stragglers() -> None:
 
     hook.jaxdd_closed_loop = True
     sys.unraisablehook = hook
-    logging.getLogger("asyncio").addFilter(
-        lambda record: not str(record.msg).startswith("Task was destroyed but it is pending"))
+    logging.getLogger("asyncio").addFilter(lambda record: not (
+        str(record.msg).startswith("Task was destroyed but it is pending")
+        or str(record.msg).startswith("Task exception was never retrieved") and "orbax" in str(record.msg)))

@@ -145,5 +145,7 @@ def test_device_check_tiny_writes_a_row(tmp_path):
                               "--cache-dir", str(tmp_path / "cache")]) == 0
     rows = json.loads((out / "device_check.json").read_text())["rows"]
     assert [r["method"] for r in rows] == ["rat-bptt"]
-    assert all(r["planned_bytes"] > 0 and r["measured_bytes"] > 0 and r["seconds"] > 0 for r in rows)
+    # on the CPU the measure is the rise of resident memory: 0 when the step fits in memory the process already
+    # holds (it did on CI), so only its presence is checked there
+    assert all(r["planned_bytes"] > 0 and r["measured_bytes"] >= 0 and r["seconds"] > 0 for r in rows)
     assert (out / "device_check.md").read_text().count("\n") == 3
