@@ -89,7 +89,7 @@ def prepare(dataset="digits", method: str = "rat-bptt", ipc: int = 1, steps: int
             **overrides) -> Run:
     """Resolve settings, check every input, load the data, build the method and its state (restored
     from out/checkpoints with `resume`). Nothing is written before every check has passed. log(text):
-    where the method's progress messages go (default: nowhere); final_eval: `finish` will score the set at ipc."""
+    where the method's progress goes (None: nowhere, expert training too); final_eval: score the set at ipc."""
     spec = methods.get(method)
     require(not (resume and overwrite), "--resume and --overwrite contradict each other: --resume continues the "
                                         "run in --out, --overwrite replaces it; pass one of them")
@@ -118,7 +118,7 @@ def prepare(dataset="digits", method: str = "rat-bptt", ipc: int = 1, steps: int
     k_init, k_run = jax.random.split(jax.random.key(seed))
     images0, labels0 = initial_set(dataset, int(ipc), settings.init, k_init, noise_scale=settings.noise_scale)
     ctx = methods.Context(settings, model, dataset, int(ipc), int(steps), int(seed), mesh, cache_dir,
-                          log or (lambda text: None), bool(final_eval))
+                          log or (lambda text: None), bool(final_eval), progress=log is not None)
     meth = spec.build(ctx)
     theta, consts = synthetic.make(images0, labels0, dataset.num_classes, learn_labels=settings.learn_labels)
     state = meth.init(k_run, theta, consts)
@@ -440,7 +440,7 @@ def distill(dataset="digits", method: str = "rat-bptt", ipc: int = 1, steps: int
     report = Progress(progress)
     try:
         run = prepare(dataset, method, ipc, steps, out=out, seed=seed, resume=resume, overwrite=overwrite,
-                      settings=settings, published=published, mesh=mesh, cache_dir=cache_dir, log=report.detail,
+                      settings=settings, published=published, mesh=mesh, cache_dir=cache_dir, log=report.detail_log,
                       track=track, track_images_every=track_images_every, final_eval=final_eval, **overrides)
     except KeyboardInterrupt as err:
         signum = getattr(err, "signum", signal.SIGINT)

@@ -59,6 +59,11 @@ class Progress:
         if self.mode in ("bar", "lines"):
             self.note(text)
 
+    @property
+    def detail_log(self):
+        """`detail` where progress lines are shown, else None (nothing to show: long phases draw no bar)."""
+        return self.detail if self.mode in ("bar", "lines") else None
+
     def note(self, text: str) -> None:
         """One line (start, end), in every mode but False."""
         if self.mode is False:

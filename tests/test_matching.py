@@ -136,14 +136,16 @@ def _last_json(out: str) -> dict:
 
 
 def test_mtt_on_digits_beats_random_real_and_evaluate_reproduces_the_run(tmp_path, capsys):
-    """One command end to end (experts trained into a fresh cache), then `jaxdd evaluate` on its distilled.npz
+    """One command end to end (experts trained into a fresh cache, silently under --no-progress), then `jaxdd evaluate` on its distilled.npz
     gives the run's printed accuracy exactly (the learned lr is stored and used by the "mtt" protocol), and
     random real images under the same protocol and lr (`--random-real --like`) score CI_MARGIN lower or more."""
     from jaxdd.cli import main
 
     run = tmp_path / "run"
     assert main(["distill", *CI_RUN, "--out", str(run), "--cache-dir", str(tmp_path / "cache")]) == 0
-    printed = _last_json(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    printed = _last_json(captured.out)
+    assert "experts ×" not in captured.err, captured.err  # --no-progress: expert training prints no lines either
     assert printed["accuracy_mean"] - printed["random_real_mean"] >= CI_MARGIN, printed
     npz = str(run / "distilled.npz")
     assert main(["evaluate", npz, "--dataset", "digits", "--json", "--no-progress"]) == 0

@@ -328,7 +328,8 @@ def ensure(dataset, *, out_dir=None, cache_dir=None, progress: bool = True, mesh
 def for_run(ctx) -> ExpertStore:
     """The experts a matching run needs, from its Context (settings, dataset, seed, mesh, cache_dir):
     ``settings.experts`` if given (a folder, checked against the run's data set and network), else the
-    cached ones for this data set and expert settings, trained first (with a progress bar) when missing
+    cached ones for this data set and expert settings, trained first (with progress unless ctx.progress is
+    False) when missing
     or unfinished: one command end to end for a newcomer."""
     s = ctx.settings
     if getattr(s, "experts", ""):
@@ -340,7 +341,8 @@ def for_run(ctx) -> ExpertStore:
                 f"{ctx.model.num_params}: use the experts' --width/--depth/--norm or other experts")
         return store
     check_batch(ctx.dataset, s.expert_batch, "--expert-batch")
-    return ensure(ctx.dataset, cache_dir=ctx.cache_dir, mesh=ctx.mesh, **run_keywords(s, ctx.seed))
+    return ensure(ctx.dataset, cache_dir=ctx.cache_dir, mesh=ctx.mesh, progress=ctx.progress,
+                  **run_keywords(s, ctx.seed))
 
 
 def run_keywords(s, seed: int) -> dict:

@@ -84,6 +84,7 @@ class Context:
     cache_dir: Any = None
     log: Callable[[str], None] = lambda text: None  # progress messages (the driver's progress lines)
     final_eval: bool = True  # the finished set is scored at `ipc` (a method whose set grows must reach it)
+    progress: bool = True  # long phases while building (expert training) show a bar or progress lines
 
     @property
     def num_classes(self) -> int:
