@@ -139,13 +139,16 @@ def test_other_methods_traced(rat, mtt):
 
 def test_device_check_tiny_writes_a_row(tmp_path):
     """benchmarks/device_check.py --tiny: the GPU script's code path on the CPU (the row and both numbers,
-    not their values)."""
+    not their values; the accuracy curve's points)."""
     out = tmp_path / "check"
     assert device_check.main(["--tiny", "--methods", "rat-bptt", "--repeats", "1", "--out", str(out),
-                              "--cache-dir", str(tmp_path / "cache")]) == 0
-    rows = json.loads((out / "device_check.json").read_text())["rows"]
+                              "--cache-dir", str(tmp_path / "cache"), "--curve", "4"]) == 0
+    record = json.loads((out / "device_check.json").read_text())
+    rows, acc = record["rows"], record["curve"]
+    assert [n for n, _ in acc["val_accuracy"]] == [1, 2, 3]  # every steps/5 = 1 step; the last is scored on test
+    assert all(0 <= v <= 1 for _, v in acc["val_accuracy"]) and 0 <= acc["test"] <= 1
     assert [r["method"] for r in rows] == ["rat-bptt"]
     # on the CPU the measure is the rise of resident memory: 0 when the step fits in memory the process already
     # holds (it did on CI), so only its presence is checked there
     assert all(r["planned_bytes"] > 0 and r["measured_bytes"] >= 0 and r["seconds"] > 0 for r in rows)
-    assert (out / "device_check.md").read_text().count("\n") == 3
+    assert (out / "device_check.md").read_text().count("\n") == 5  # header, rule, the row, the curve's line
