@@ -37,6 +37,11 @@ def rows(only=None):
 ANCHORS = {
     ("mtt", "cifar100", 10): "MTT authors: 8 x 12 GB GPUs",
     ("mtt", "cifar100", 50): "MTT authors: 2 x 24 GB GPUs",
+    ("mtt", "tiny_imagenet", 1): "MTT authors: 4 x 12 GB GPUs",
+    ("mtt", "tiny_imagenet", 10): "MTT authors: 6 x 12 GB GPUs",
+    ("mtt", "tiny_imagenet", 50): "MTT authors: 6 x 24 GB GPUs",
+    ("mtt", "imagenette", 1): "MTT authors: one 24 GB GPU",
+    ("mtt", "imagenette", 10): "MTT authors: one 24 GB GPU 'just barely needs a second'",
     ("at-bptt", "cifar10", 10): "AT-BPTT paper (A800): 6.94 GB, 5.5 h; RaT-BPTT there 16.7 GB, 21.6 h",
     ("rat-bptt", "cifar10", 10): "H100 measured (gpu.md): 3,029 MiB, 0.27 s/step; PyTorch 27,387 MiB, 1.54 s/step",
 }
@@ -81,11 +86,14 @@ def main(argv=None):
     p.add_argument("--memory", default="24GB")
     p.add_argument("--methods", default="")
     p.add_argument("--only", default="", help="comma-separated METHOD:DATASET:IPC rows (default: every row)")
-    p.add_argument("--md-only", action="store_true", help="write --md from --out without planning")
+    p.add_argument("--md-only", action="store_true", help="rewrite the table of --md from --out without planning")
     a = p.parse_args(argv)
-    if a.md_only:
+    if a.md_only:  # the text around the table (commands, commits, findings) stays; the table is rewritten
+        text = open(a.md).read() if os.path.exists(a.md) else ""
+        start = text.find("| method | data set |")
+        end = text.find("\n\n", start) if start >= 0 else -1
         with open(a.md, "w") as f:
-            f.write(markdown(a.out))
+            f.write((text[:start] if start >= 0 else text) + markdown(a.out) + (text[end + 1:] if end >= 0 else ""))
         return
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     wanted = set(a.methods.split(",")) if a.methods else None

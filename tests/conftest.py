@@ -1,8 +1,11 @@
 """Test configuration: 8 fake CPU devices (set before jax is imported) and shared fixtures."""
 
+import json
 import os
 import subprocess
 import sys
+import tempfile
+import time
 
 # 8 simulated devices. XLA's CPU collectives abort the process when a device's thread misses a rendezvous
 # for 40 s; under load that was a real deadlock (every thread of XLA's pool waiting in a collective, issue 29),
@@ -18,8 +21,10 @@ from jaxdd import xla_options  # noqa: E402
 
 xla_options.configure_cpu(malloc=False)  # NPROC for the simulated devices (inherited by isolated tests' processes)
 
-CHILD = "JAXDD_TEST_CHILD"  # set in the fresh process that runs one isolated test
-ISOLATED_TIMEOUT = 600
+CHILD = "JAXDD_TEST_CHILD"  # set in the fresh process that runs isolated tests
+REPORT = "JAXDD_TEST_REPORT"  # that process's file of results, one JSON line per test phase
+_ISOLATED_RESULTS = pytest.StashKey[dict]()  # the results an isolated tests' process returned, not yet reported
+ISOLATED_TIMEOUT = 600  # seconds one isolated test may run without a result
 
 
 def pytest_configure(config):
@@ -27,21 +32,69 @@ def pytest_configure(config):
                                        "(several simulated devices) fails this test with its message, not the run")
 
 
+def pytest_runtest_logreport(report):
+    """In an isolated tests' process: write each phase's outcome for the parent (`_run_isolated`)."""
+    if os.environ.get(CHILD) and os.environ.get(REPORT) and (report.when == "call" or report.outcome != "passed"):
+        with open(os.environ[REPORT], "a") as f:
+            f.write(json.dumps(dict(nodeid=report.nodeid, outcome=report.outcome, text=report.longreprtext)) + "\n")
+
+
+def _run_isolated(items, rootpath) -> dict:
+    """Run `items` in order in one fresh process (a shared compilation cache, one start-up for all); return
+    {nodeid: (outcome, text)} of the tests it finished. If the process aborts, crashes or stops reporting for
+    ISOLATED_TIMEOUT seconds, the test it was running gets ("failed", the end of its output) and the tests
+    after it get no entry: each starts a fresh process at its turn."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report, log = os.path.join(tmp, "report.jsonl"), os.path.join(tmp, "out.log")
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *[i.nodeid for i in items]]
+        with open(log, "w") as out:
+            proc = subprocess.Popen(cmd, cwd=rootpath, env={**os.environ, CHILD: "1", REPORT: report},
+                                    stdout=out, stderr=subprocess.STDOUT, text=True)
+            last, seen, hung = time.monotonic(), 0, False
+            while proc.poll() is None:
+                time.sleep(0.5)
+                lines = open(report).read().count("\n") if os.path.exists(report) else 0
+                if lines != seen:
+                    last, seen = time.monotonic(), lines
+                elif time.monotonic() - last > ISOLATED_TIMEOUT:
+                    hung = True
+                    proc.kill()
+                    proc.wait()
+        results: dict = {}
+        for line in open(report) if os.path.exists(report) else []:
+            r = json.loads(line)
+            outcome, text = results.get(r["nodeid"], ("passed", ""))
+            if outcome == "passed":  # the first phase that did not pass decides
+                results[r["nodeid"]] = (r["outcome"], r["text"])
+        output = open(log).read()
+        fatal = output.rfind("Fatal Python error")  # XLA's own message comes just before Python's
+        tail = output[max(0, fatal - 4000):fatal + 2000] if fatal >= 0 else output[-6000:]
+    stopped = next((i.nodeid for i in items if i.nodeid not in results), None)
+    if stopped is not None:  # the process ended (or was killed) inside this test
+        how = (f"a hang: no result after {ISOLATED_TIMEOUT} s" if hung else
+               f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit status {proc.returncode}")
+        results[stopped] = ("failed", f"the test's own process failed ({how}):\n{tail}")
+    return results
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem):
-    """A test marked `isolated` runs as `python -m pytest NODEID` in a fresh process (the compilation cache
-    is shared); an abort, a crash or a hang fails it with the end of that process's output."""
+    """A test marked `isolated` runs in a fresh process, together with the isolated tests after it in this
+    session (one start-up for all); an abort, a crash or a hang fails the test it happened in with the end of
+    that process's output, and the tests after it run in a new process."""
     if pyfuncitem.get_closest_marker("isolated") is None or os.environ.get(CHILD):
         return None
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", pyfuncitem.nodeid]
-    try:
-        proc = subprocess.run(cmd, cwd=pyfuncitem.config.rootpath, env={**os.environ, CHILD: "1"}, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=ISOLATED_TIMEOUT)
-    except subprocess.TimeoutExpired as err:
-        pytest.fail(f"no result after {ISOLATED_TIMEOUT} s (a hang):\n{(err.output or '')[-4000:]}", pytrace=False)
-    if proc.returncode != 0:
-        how = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit status {proc.returncode}"
-        pytest.fail(f"the test's own process failed ({how}):\n{proc.stdout[-6000:]}", pytrace=False)
+    results = pyfuncitem.session.stash.setdefault(_ISOLATED_RESULTS, {})
+    if pyfuncitem.nodeid not in results:
+        items = pyfuncitem.session.items
+        after = items[items.index(pyfuncitem):]
+        results.update(_run_isolated([i for i in after if i.get_closest_marker("isolated") is not None
+                                      and i.nodeid not in results], pyfuncitem.config.rootpath))
+    outcome, text = results.pop(pyfuncitem.nodeid)
+    if outcome == "skipped":
+        pytest.skip(text.splitlines()[-1] if text else "skipped in the isolated process")
+    if outcome != "passed":
+        pytest.fail(text, pytrace=False)
     return True
 
 
