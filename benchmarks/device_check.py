@@ -142,6 +142,7 @@ def main(argv=None) -> int:
                    help="meta-steps of the RaT-BPTT accuracy curve (default 300; --tiny: 0, none)")
     p.add_argument("--torch", action="store_true", help="also benchmarks.meta_step: jaxdd beside PyTorch")
     a = p.parse_args(argv)
+    start = time.perf_counter()
     if a.tiny:
         source, rows = "digits", [(m, 2, dict(TINY[m], eval_steps=10)) for m in TINY]
     else:
@@ -160,7 +161,10 @@ def main(argv=None) -> int:
                 else dict(eval_models=2, eval_steps=1000)) if steps else None
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, "device_check.json"), "w") as f:
-        json.dump(dict(rows=result, curve=acc, tiny=a.tiny, data=source, date=time.strftime("%Y-%m-%d %H:%M:%S")),
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        json.dump(dict(rows=result, curve=acc, tiny=a.tiny, data=source, date=time.strftime("%Y-%m-%d %H:%M:%S"),
+                       commit=commit, command="python -m benchmarks.device_check " + " ".join(argv or sys.argv[1:]),
+                       device=str(jax.devices()[0].device_kind), seconds=round(time.perf_counter() - start, 1)),
                   f, indent=1, default=str)
     with open(os.path.join(a.out, "device_check.md"), "w") as f:
         f.write(markdown(result))

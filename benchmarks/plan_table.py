@@ -40,8 +40,8 @@ ANCHORS = {
     ("mtt", "tiny_imagenet", 1): "MTT authors: 4 x 12 GB GPUs",
     ("mtt", "tiny_imagenet", 10): "MTT authors: 6 x 12 GB GPUs",
     ("mtt", "tiny_imagenet", 50): "MTT authors: 6 x 24 GB GPUs",
-    ("mtt", "imagenette", 1): "MTT authors: one 24 GB GPU",
-    ("mtt", "imagenette", 10): "MTT authors: one 24 GB GPU 'just barely needs a second'",
+    ("mtt", "imagenet_subset", 1): "MTT authors: one 24 GB GPU",
+    ("mtt", "imagenet_subset", 10): "MTT authors: one 24 GB GPU 'just barely needs a second'",
     ("at-bptt", "cifar10", 10): "AT-BPTT paper (A800): 6.94 GB, 5.5 h; RaT-BPTT there 16.7 GB, 21.6 h",
     ("rat-bptt", "cifar10", 10): "H100 measured (gpu.md): 3,029 MiB, 0.27 s/step; PyTorch 27,387 MiB, 1.54 s/step",
 }

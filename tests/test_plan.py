@@ -145,6 +145,7 @@ def test_device_check_tiny_writes_a_row(tmp_path):
                               "--cache-dir", str(tmp_path / "cache"), "--curve", "4"]) == 0
     record = json.loads((out / "device_check.json").read_text())
     rows, acc = record["rows"], record["curve"]
+    assert record["seconds"] > 0 and record["command"].startswith("python -m benchmarks.device_check --tiny")
     assert [n for n, _ in acc["val_accuracy"]] == [1, 2, 3]  # every steps/5 = 1 step; the last is scored on test
     assert all(0 <= v <= 1 for _, v in acc["val_accuracy"]) and 0 <= acc["test"] <= 1
     assert [r["method"] for r in rows] == ["rat-bptt"]
