@@ -27,6 +27,7 @@ import time
 
 import jax
 
+from benchmarks import harness
 from jaxdd import distillation, parallel, plans
 
 ARCHIVE = "cifar10-jpeg.tar.xz"  # the JPEG archive of ../shared/data (the device has no tfds and no network)
@@ -161,10 +162,10 @@ def main(argv=None) -> int:
                 else dict(eval_models=2, eval_steps=1000)) if steps else None
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, "device_check.json"), "w") as f:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
         json.dump(dict(rows=result, curve=acc, tiny=a.tiny, data=source, date=time.strftime("%Y-%m-%d %H:%M:%S"),
-                       commit=commit, command="python -m benchmarks.device_check " + " ".join(argv or sys.argv[1:]),
-                       device=str(jax.devices()[0].device_kind), seconds=round(time.perf_counter() - start, 1)),
+                       commit=harness.commit(), device=str(jax.devices()[0].device_kind),
+                       command="python -m benchmarks.device_check " + " ".join(argv or sys.argv[1:]),
+                       seconds=round(time.perf_counter() - start, 1)),
                   f, indent=1, default=str)
     with open(os.path.join(a.out, "device_check.md"), "w") as f:
         f.write(markdown(result))

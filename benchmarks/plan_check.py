@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from benchmarks import device_check
+from benchmarks import device_check, harness
 
 CASES = {
     "rat-bptt": [dict(width=w, unroll_steps=20, window=10, real_batch=256) for w in (64, 128, 256)],
@@ -49,7 +49,7 @@ def main(argv=None):
         return
     from jaxdd import plans
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = harness.commit()
     for method in a.methods.split(","):
         for overrides in CASES[method]:
             step = plans.plan("digits", method, IPC, overrides=overrides, evaluation=False)["programs"][0]

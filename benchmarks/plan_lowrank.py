@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import time
 
+from benchmarks import harness
 from jaxdd import plans
 
 WIDTHS = (32, 64, 128, 256)
@@ -34,7 +34,7 @@ def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--out", default="benchmarks/results/plan_lowrank.jsonl")
     a = p.parse_args(argv)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = harness.commit()
     for extra in cases():
         t0 = time.perf_counter()
         step = plans.plan("tfds:cifar10", "at-bptt", 10, published=True, overrides=extra, devices=1,

@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import time
 
+from benchmarks import harness
 from jaxdd import methods, plans
 
 SOURCES = {"cifar10": "tfds:cifar10", "cifar100": "tfds:cifar100", "tiny_imagenet": "tfds:tiny_imagenet",
@@ -95,7 +95,7 @@ def main(argv=None):
         with open(a.md, "w") as f:
             f.write((text[:start] if start >= 0 else text) + markdown(a.out) + (text[end + 1:] if end >= 0 else ""))
         return
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = harness.commit()
     wanted = set(a.methods.split(",")) if a.methods else None
     only = set(a.only.split(",")) if a.only else None
     done = set(_key(json.loads(line)) for line in open(a.out)) if os.path.exists(a.out) else set()
