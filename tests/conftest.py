@@ -6,6 +6,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 # 8 simulated devices. XLA's CPU collectives abort the process when a device's thread misses a rendezvous
 # for 40 s; under load that was a real deadlock (every thread of XLA's pool waiting in a collective, issue 29),
@@ -53,20 +54,20 @@ def _run_isolated(items, rootpath) -> dict:
             last, seen, hung = time.monotonic(), 0, False
             while proc.poll() is None:
                 time.sleep(0.5)
-                lines = open(report).read().count("\n") if os.path.exists(report) else 0
-                if lines != seen:
-                    last, seen = time.monotonic(), lines
+                size = os.path.getsize(report) if os.path.exists(report) else 0  # grows with every result
+                if size != seen:
+                    last, seen = time.monotonic(), size
                 elif time.monotonic() - last > ISOLATED_TIMEOUT:
                     hung = True
                     proc.kill()
                     proc.wait()
         results: dict = {}
-        for line in open(report) if os.path.exists(report) else []:
-            r = json.loads(line)
+        lines = Path(report).read_text().splitlines() if os.path.exists(report) else []
+        for r in map(json.loads, lines):
             outcome, text = results.get(r["nodeid"], ("passed", ""))
             if outcome == "passed":  # the first phase that did not pass decides
                 results[r["nodeid"]] = (r["outcome"], r["text"])
-        output = open(log).read()
+        output = Path(log).read_text()
         fatal = output.rfind("Fatal Python error")  # XLA's own message comes just before Python's
         tail = output[max(0, fatal - 4000):fatal + 2000] if fatal >= 0 else output[-6000:]
     stopped = next((i.nodeid for i in items if i.nodeid not in results), None)
